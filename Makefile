@@ -1,0 +1,43 @@
+# sandlot: top-level entry points. Every target installs its own dependencies first (tools/setup).
+BUILD ?= build
+BUILD_TYPE ?= RelWithDebInfo
+CMAKE_FLAGS ?=
+
+.PHONY: all setup build demo test test-unit test-vm bench-boot asan format clean
+
+all: build
+
+setup:
+	@tools/setup
+
+build: setup
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD)
+
+# Boots a sandbox with our VMM and talks to its agent over vsock (inside the nested rig on PVM hosts).
+demo: build
+	@tools/demo $(BUILD)
+
+# Unit tests on the host, then the VM suite (directly on hardware KVM, in the nested rig on PVM hosts).
+test: build
+	@tools/test $(BUILD)
+
+test-unit: build
+	@tools/test --unit-only $(BUILD)
+
+test-vm: build
+	@tools/test --vm-only $(BUILD)
+
+# Boot time against QEMU microvm on the same kernel and initramfs, and the VMM's own memory overhead.
+bench-boot: build
+	@benchmarks/boot/run $(BUILD)
+
+# The whole suite built with AddressSanitizer + UndefinedBehaviorSanitizer.
+asan:
+	@$(MAKE) --no-print-directory test BUILD=build-asan CMAKE_FLAGS=-DSANDLOT_SANITIZE=ON
+
+format:
+	@git ls-files '*.cpp' '*.h' | xargs clang-format -i
+
+clean:
+	rm -rf $(BUILD) build-asan

@@ -1,0 +1,142 @@
+#include "host/lib/sandbox.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
+
+#include "host/lib/paths.h"
+#include "host/lib/vsock_uds.h"
+
+namespace sandlot::host {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+Result<std::string> make_runtime_dir() {
+    const char* base = std::getenv("XDG_RUNTIME_DIR");
+    std::string templ = std::string(base && *base ? base : "/tmp") + "/sandlot-XXXXXX";
+    if (!mkdtemp(templ.data())) return errno_error("mkdtemp " + templ);
+    return templ;
+}
+
+Result<void> require_file(const std::string& what, const std::string& path) {
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) return make_error(what + " not found: " + path);
+    return {};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Sandbox>> Sandbox::boot(SandboxOptions options) {
+    if (options.kernel.empty()) options.kernel = guest_dir() + "/vmlinux";
+    if (options.initrd.empty()) options.initrd = guest_dir() + "/initramfs.cpio.gz";
+    if (options.vmm.empty()) options.vmm = bin_dir() + "/sandlot-vmm";
+    TRY(require_file("guest kernel", options.kernel));
+    TRY(require_file("guest initramfs", options.initrd));
+    TRY(require_file("sandlot-vmm", options.vmm));
+
+    std::unique_ptr<Sandbox> sandbox(new Sandbox);
+    sandbox->options_ = options;
+    sandbox->runtime_dir_ = TRY(make_runtime_dir());
+    sandbox->vsock_uds_ = sandbox->runtime_dir_ + "/vsock.sock";
+    TRY(sandbox->wait_for_agent());
+    return sandbox;
+}
+
+Result<void> Sandbox::wait_for_agent() {
+    // Listen for the agent's boot notification before the VMM exists, so it cannot be missed.
+    UniqueFd notify_listener;
+    std::string cmdline = "quiet";
+    if (!options_.wait_by_polling) {
+        notify_listener = TRY(vsock_uds_listen(vsock_uds_, kAgentNotifyPort));
+        cmdline += " sandlot.notify=" + std::to_string(kAgentNotifyPort);
+    }
+    if (!options_.cmdline.empty()) cmdline += " " + options_.cmdline;
+
+    std::vector<std::string> argv = {options_.vmm,
+                                      "--kernel", options_.kernel,
+                                      "--initrd", options_.initrd,
+                                      "--memory", std::to_string(options_.memory_mib),
+                                      "--cpus", std::to_string(options_.cpus),
+                                      "--vsock-uds", vsock_uds_,
+                                      "--console", options_.console,
+                                      "--cmdline", cmdline};
+    auto start = Clock::now();
+    vmm_ = TRY(ChildProcess::spawn(argv, options_.vmm_log));
+    auto deadline = start + options_.ready_timeout;
+
+    auto vmm_gone = [&]() -> std::optional<Error> {
+        auto status = vmm_->wait(std::chrono::milliseconds(0));
+        if (!status) return std::nullopt;
+        return Error{0, "sandlot-vmm exited with status " + std::to_string(*status) +
+                            " before the guest agent was ready"};
+    };
+    auto timed_out = [&] {
+        return Error{ETIMEDOUT, "guest agent not ready within " +
+                                    std::to_string(options_.ready_timeout.count()) + " ms"};
+    };
+
+    UniqueFd stream;
+    if (!options_.wait_by_polling) {
+        pollfd fds[2] = {{notify_listener.get(), POLLIN, 0}, {vmm_->pidfd(), POLLIN, 0}};
+        for (;;) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            if (left.count() <= 0) return std::unexpected(timed_out());
+            int n = poll(fds, 2, static_cast<int>(left.count()));
+            if (n < 0 && errno != EINTR) return errno_error("poll");
+            if (n <= 0) continue;
+            if (fds[0].revents & POLLIN) break;
+            if (auto gone = vmm_gone()) return std::unexpected(*gone);
+        }
+        stream = UniqueFd(accept4(notify_listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+        if (!stream) return errno_error("accept agent notification");
+    } else {
+        // The guest refuses CONNECT until agentd listens; retry until it does or the VMM dies.
+        for (;;) {
+            auto attempt = vsock_uds_connect(vsock_uds_, kAgentPort);
+            if (attempt) {
+                stream = std::move(*attempt);
+                break;
+            }
+            if (auto gone = vmm_gone()) return std::unexpected(*gone);
+            if (Clock::now() >= deadline) return std::unexpected(timed_out());
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+    }
+    agent_ = TRY(AgentConnection::open(std::move(stream)));
+    boot_to_agent_ = Clock::now() - start;
+    return {};
+}
+
+Sandbox::~Sandbox() {
+    agent_.reset();
+    vmm_.reset();  // kills a VMM that is still running
+    if (!runtime_dir_.empty()) {
+        std::error_code ec;
+        fs::remove_all(runtime_dir_, ec);
+    }
+}
+
+Result<AgentConnection> Sandbox::connect() {
+    return AgentConnection::open(TRY(vsock_uds_connect(vsock_uds_, kAgentPort)));
+}
+
+Result<int> Sandbox::shutdown(std::chrono::milliseconds timeout) {
+    TRY(agent_->shutdown());
+    return wait(timeout);
+}
+
+Result<int> Sandbox::wait(std::chrono::milliseconds timeout) {
+    auto status = vmm_->wait(timeout);
+    if (!status) return make_error("sandlot-vmm did not exit within " + std::to_string(timeout.count()) + " ms");
+    return status;
+}
+
+void Sandbox::kill() { vmm_->kill(SIGKILL); }
+
+}  // namespace sandlot::host

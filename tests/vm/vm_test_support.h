@@ -1,0 +1,34 @@
+// Shared helpers for the VM suite: these tests boot real microVMs with sandlot-vmm and talk to agentd.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "host/lib/sandbox.h"
+
+namespace sandlot::vmtest {
+
+// Empty when this host can boot our guest; otherwise why not. Tests GTEST_SKIP with it, loudly.
+std::string kvm_unusable_reason();
+
+host::SandboxOptions default_options();
+
+struct CommandResult {
+    int status = -1;
+    std::string output;  // stdout and stderr together
+};
+// Runs argv to completion with stdin from `input`.
+CommandResult run_command(const std::vector<std::string>& argv, const std::string& input = "");
+
+std::string read_file(const std::string& path);
+std::string temp_dir();
+
+#define SKIP_WITHOUT_KVM()                                                                    \
+    do {                                                                                      \
+        if (auto why = ::sandlot::vmtest::kvm_unusable_reason(); !why.empty())                \
+            GTEST_SKIP() << "VM TEST SKIPPED: " << why;                                       \
+    } while (0)
+
+}  // namespace sandlot::vmtest
