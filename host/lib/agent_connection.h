@@ -7,6 +7,7 @@
 #include "proto/base/error.h"
 #include "proto/base/unique_fd.h"
 #include "proto/messages.h"
+#include "proto/version.h"
 
 namespace sandlot::host {
 

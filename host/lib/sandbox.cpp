@@ -1,6 +1,7 @@
 #include "host/lib/sandbox.h"
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 
 #include <cstdlib>

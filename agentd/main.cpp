@@ -1,0 +1,142 @@
+// agentd: the sandlot guest agent.
+//
+// As PID 1 (the guest's /init) it prepares the guest, listens on vsock (port from sandlot.port=, default
+// 1024), optionally connects out to the host (sandlot.notify=P, host CID 2) and serves the control protocol
+// until SHUTDOWN or an init power-off signal, then syncs and restarts the VM (the VMM's "done"). argv is
+// ignored in this mode: the kernel hands init whatever command-line words it did not recognise.
+//
+// Otherwise it is a plain process for tests and manual use, serving the same protocol without touching the
+// system; SHUTDOWN or SIGTERM make it exit 0:
+//   agentd --listen-unix PATH | --listen-vsock PORT  [--notify-unix PATH]   (each may repeat)
+#include <linux/vm_sockets.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agentd/hello.h"
+#include "agentd/init.h"
+#include "agentd/log.h"
+#include "agentd/server.h"
+#include "agentd/shutdown.h"
+
+namespace sandlot::agent {
+namespace {
+
+[[noreturn]] void run_as_init(uint64_t start_ns) {
+    setup_pid1();
+    BootOptions options = parse_kernel_cmdline(read_kernel_cmdline());
+
+    auto server = Server::create(start_ns);
+    if (!server) power_off("cannot start: " + server.error().to_string());
+
+    bool reachable = true;
+    if (auto ok = (*server)->listen_vsock(options.port); !ok) {
+        log_line(ok.error().to_string());
+        reachable = false;
+    }
+    if (options.notify_port) {
+        if (auto ok = (*server)->connect_vsock(VMADDR_CID_HOST, *options.notify_port); ok) {
+            reachable = true;
+        } else {
+            log_line(ok.error().to_string());
+        }
+    }
+    // Nobody could ever talk to us: end the VM rather than leave the host waiting on a silent guest.
+    if (!reachable) power_off("no way to reach the host");
+
+    auto stopped = (*server)->run();
+    if (!stopped) power_off("event loop failed: " + stopped.error().to_string());
+    power_off(*stopped == StopReason::ShutdownRequest ? "shutdown requested" : "signal");
+}
+
+void usage() {
+    std::fputs(
+        "usage: agentd --listen-unix PATH | --listen-vsock PORT [--notify-unix PATH]\n"
+        "  As PID 1 agentd ignores its arguments and reads sandlot.port= / sandlot.notify= from "
+        "/proc/cmdline.\n",
+        stderr);
+}
+
+int run_host_mode(int argc, char** argv, uint64_t start_ns) {
+    std::vector<std::string> listen_unix, notify_unix;
+    std::vector<uint32_t> listen_vsock;
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        if (arg == "--help" || arg == "-h") {
+            usage();
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            log_line("missing value for " + std::string(arg));
+            usage();
+            return 2;
+        }
+        std::string_view value = argv[++i];
+        if (arg == "--listen-unix") {
+            listen_unix.emplace_back(value);
+        } else if (arg == "--notify-unix") {
+            notify_unix.emplace_back(value);
+        } else if (arg == "--listen-vsock") {
+            uint32_t port = 0;
+            auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), port);
+            if (ec != std::errc() || end != value.data() + value.size()) {
+                log_line("bad port: " + std::string(value));
+                return 2;
+            }
+            listen_vsock.push_back(port);
+        } else {
+            log_line("unknown option: " + std::string(arg));
+            usage();
+            return 2;
+        }
+    }
+    if (listen_unix.empty() && listen_vsock.empty() && notify_unix.empty()) {
+        usage();
+        return 2;
+    }
+
+    auto server = Server::create(start_ns);
+    if (!server) {
+        log_line(server.error().to_string());
+        return 1;
+    }
+    for (const auto& path : listen_unix) {
+        if (auto ok = (*server)->listen_unix(path); !ok) {
+            log_line(ok.error().to_string());
+            return 1;
+        }
+    }
+    for (uint32_t port : listen_vsock) {
+        if (auto ok = (*server)->listen_vsock(port); !ok) {
+            log_line(ok.error().to_string());
+            return 1;
+        }
+    }
+    for (const auto& path : notify_unix) {
+        if (auto ok = (*server)->connect_unix(path); !ok) {
+            log_line(ok.error().to_string());
+            return 1;
+        }
+    }
+    auto stopped = (*server)->run();
+    if (!stopped) {
+        log_line(stopped.error().to_string());
+        return 1;
+    }
+    return 0;
+}
+
+}  // namespace
+}  // namespace sandlot::agent
+
+int main(int argc, char** argv) {
+    // First thing: this is the closest the agent can get to "kernel finished booting".
+    uint64_t start_ns = sandlot::agent::boottime_ns();
+    if (getpid() == 1) sandlot::agent::run_as_init(start_ns);
+    return sandlot::agent::run_host_mode(argc, argv, start_ns);
+}
