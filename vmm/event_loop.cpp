@@ -29,7 +29,16 @@ Result<EventLoop> EventLoop::create() {
 }
 
 EventLoop::EventLoop(EventLoop&&) noexcept = default;
-EventLoop::~EventLoop() = default;
+EventLoop::~EventLoop() {
+    if (!state_) return;
+    // Handlers can own devices whose destructors call remove(): destroy them outside the map and the lock.
+    std::unordered_map<int, std::shared_ptr<Handler>> doomed;
+    {
+        std::lock_guard lock(state_->mutex);
+        doomed.swap(state_->handlers);
+    }
+    doomed.clear();
+}
 
 Result<void> EventLoop::add(int fd, uint32_t events, Handler handler) {
     std::lock_guard lock(state_->mutex);
