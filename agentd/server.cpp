@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -197,6 +198,7 @@ void Server::install_control_handlers() {
     set_handler(proto::MessageType::Shutdown,
                 [](Server& server, Connection& conn, const proto::Frame& frame) {
                     conn.send(proto::make_frame(proto::ShutdownAck{}, frame.stream_id));
+                    conn.await_peer_close_ = true;
                     server.request_stop(StopReason::ShutdownRequest);
                     return Result<void>{};
                 });
@@ -450,13 +452,29 @@ Result<StopReason> Server::run() {
 }
 
 void Server::drain_before_exit() {
+    // A vsock send() only queues bytes in the guest kernel; they reach the host later. So write what is
+    // queued, then half-close the connections that asked for the shutdown and wait for their peers to read
+    // the reply and close. Bounded by kDrainTimeoutMs in all cases.
     uint64_t deadline = monotonic_ms() + kDrainTimeoutMs;
     for (;;) {
         std::vector<pollfd> waiting;
         for (auto& [id, conn] : connections_) {
+            if (conn->dead_ || conn->connecting_) continue;
             conn->flush();
-            if (!conn->dead_ && !conn->connecting_ && conn->output_sent_ < conn->output_.size()) {
+            if (conn->output_sent_ < conn->output_.size()) {
                 waiting.push_back({conn->fd_.get(), POLLOUT, 0});
+            } else if (conn->await_peer_close_) {
+                if (!conn->closing_) {
+                    ::shutdown(conn->fd_.get(), SHUT_WR);
+                    conn->closing_ = true;
+                }
+                char scratch[256];
+                ssize_t n = recv(conn->fd_.get(), scratch, sizeof scratch, MSG_DONTWAIT);
+                if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+                    conn->dead_ = true;  // the peer closed: the reply was delivered
+                } else {
+                    waiting.push_back({conn->fd_.get(), POLLIN, 0});
+                }
             }
         }
         uint64_t now = monotonic_ms();

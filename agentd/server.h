@@ -62,6 +62,8 @@ class Connection {
     bool connecting_ = false;  // outgoing connect() still in progress
     bool closing_ = false;     // close once output_ drains; read nothing more
     bool dead_ = false;        // the socket failed; drop without flushing
+    // Asked for SHUTDOWN: before power-off, wait (bounded) until the peer has read our reply and closed.
+    bool await_peer_close_ = false;
     uint32_t interest_ = 0;    // events currently registered with epoll
 };
 
@@ -97,7 +99,8 @@ class Server {
     void set_child_exit_handler(ChildExitHandler handler) { child_exit_ = std::move(handler); }
 
     // Serves until a SHUTDOWN or a stop signal, then gives queued replies (the SHUTDOWN_ACK) up to a second
-    // to drain. Fails only if epoll itself fails.
+    // to drain; the connection that sent SHUTDOWN is half-closed and waited on until its peer closes it, so
+    // the ACK has really left the guest before power-off. Fails only if epoll itself fails.
     Result<StopReason> run();
     void request_stop(StopReason reason);
 

@@ -40,6 +40,7 @@ Result<std::chrono::nanoseconds> AgentConnection::ping() {
 Result<void> AgentConnection::shutdown() {
     TRY(proto::write_frame(fd_.get(), proto::make_frame(proto::Shutdown{})));
     TRY(read_reply(proto::MessageType::ShutdownAck));
+    fd_.reset();  // the agent powers off as soon as it sees us hang up (or after a short grace period)
     return {};
 }
 

@@ -21,7 +21,8 @@ public:
 
     // Round trip of a PING; returns its latency.
     Result<std::chrono::nanoseconds> ping();
-    // Asks the agent to sync and power the guest off; returns once the agent acknowledged.
+    // Asks the agent to sync and power the guest off; returns once the agent acknowledged, and closes this
+    // connection, which tells the agent its reply arrived.
     Result<void> shutdown();
 
 private:

@@ -251,8 +251,12 @@ void MmioTransport::reset() {
     device_->reset();
     active_ = false;
     active_queues_.clear();
-    for (auto& regs : queues_)
-        regs = QueueRegisters(regs.max_size);
+    for (auto& regs : queues_) {
+        // Field by field: assigning a fresh QueueRegisters trips GCC 12's -Wmaybe-uninitialized on the optional.
+        regs.config = {};
+        regs.ready = false;
+        regs.validated.reset();
+    }
     status_ = 0;
     interrupt_status_ = 0;
     device_features_sel_ = 0;
