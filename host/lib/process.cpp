@@ -47,7 +47,9 @@ Result<ChildProcess> ChildProcess::spawn(const std::vector<std::string>& argv,
     return child;
 }
 
-ChildProcess::~ChildProcess() {
+ChildProcess::~ChildProcess() { reap_or_kill(); }
+
+void ChildProcess::reap_or_kill() {
     if (pid_ > 0 && !status_) {
         kill(SIGKILL);
         (void)wait(std::chrono::seconds(5));

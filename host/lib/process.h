@@ -7,6 +7,7 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "proto/base/error.h"
@@ -20,8 +21,17 @@ public:
     static Result<ChildProcess> spawn(const std::vector<std::string>& argv,
                                       const std::optional<std::string>& log_path = std::nullopt);
 
-    ChildProcess(ChildProcess&&) noexcept = default;
-    ChildProcess& operator=(ChildProcess&&) noexcept = default;
+    ChildProcess(ChildProcess&& other) noexcept
+        : pid_(std::exchange(other.pid_, -1)), pidfd_(std::move(other.pidfd_)), status_(other.status_) {}
+    ChildProcess& operator=(ChildProcess&& other) noexcept {
+        if (this != &other) {
+            reap_or_kill();
+            pid_ = std::exchange(other.pid_, -1);
+            pidfd_ = std::move(other.pidfd_);
+            status_ = other.status_;
+        }
+        return *this;
+    }
     ~ChildProcess();
 
     pid_t pid() const { return pid_; }
@@ -35,6 +45,7 @@ public:
 
 private:
     ChildProcess() = default;
+    void reap_or_kill();  // a child still running when its handle goes away is killed and reaped
     pid_t pid_ = -1;
     UniqueFd pidfd_;
     std::optional<int> status_;
