@@ -3,7 +3,7 @@ BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
 
-.PHONY: all setup build demo test test-unit test-vm bench-boot asan format clean
+.PHONY: all setup build build-asan demo test test-unit test-vm bench-boot asan format clean
 
 all: build
 
@@ -14,13 +14,18 @@ build: setup
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD)
 
+build-asan: setup
+	@cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DSANDLOT_SANITIZE=ON >/dev/null
+	@cmake --build build-asan
+
 # Boots a sandbox with our VMM and talks to its agent over vsock (inside the nested rig on PVM hosts).
 demo: build
 	@tools/demo $(BUILD)
 
-# Unit tests on the host, then the VM suite (directly on hardware KVM, in the nested rig on PVM hosts).
-test: build
-	@tools/test $(BUILD)
+# Unit tests on the host, then the VM suite (directly on hardware KVM, in the nested rig on PVM hosts), for the
+# normal build and for the AddressSanitizer + UndefinedBehaviorSanitizer build.
+test: build build-asan
+	@tools/test $(BUILD) build-asan
 
 test-unit: build
 	@tools/test --unit-only $(BUILD)
@@ -32,9 +37,9 @@ test-vm: build
 bench-boot: build
 	@benchmarks/boot/run $(BUILD)
 
-# The whole suite built with AddressSanitizer + UndefinedBehaviorSanitizer.
-asan:
-	@$(MAKE) --no-print-directory test BUILD=build-asan CMAKE_FLAGS=-DSANDLOT_SANITIZE=ON
+# Only the AddressSanitizer + UndefinedBehaviorSanitizer build and its tests.
+asan: build-asan
+	@tools/test build-asan
 
 format:
 	@git ls-files '*.cpp' '*.h' | xargs clang-format -i
