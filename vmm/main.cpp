@@ -8,6 +8,7 @@
 // "sandlot-vmm: error: <what>" on stderr.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -21,6 +22,7 @@
 #include <string>
 
 #include "proto/base/error.h"
+#include "vmm/arch/x86/mptable.h"
 #include "vmm/devices/virtio/attach.h"
 #include "vmm/devices/vsock/vsock_device.h"
 #include "vmm/machine.h"
@@ -34,7 +36,9 @@ using sandlot::vmm::layout::kMinMemoryMiB;
 
 constexpr int kExitFailure = 1;
 constexpr int kExitUsage = 2;
-constexpr uint32_t kMaxCpus = 64;  // CONFIG_NR_CPUS of the sandlot guest kernel
+// CONFIG_NR_CPUS of the sandlot guest kernel. Machine::create() further caps it at KVM's max vCPUs.
+constexpr uint32_t kMaxCpus = 64;
+static_assert(kMaxCpus <= sandlot::vmm::x86::kMpMaxCpus, "the MP table must be able to list every vCPU");
 
 // vsock device options, carried to the spot in run_vmm() where the device is built.
 struct VsockOptions {
@@ -60,9 +64,17 @@ std::optional<uint64_t> host_memory_mib() {
     return std::nullopt;
 }
 
+// A regular file we can open for reading; on failure errno says why (EISDIR for a directory and the like).
 bool readable_file(const std::string& path) {
     sandlot::UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    return fd.valid();
+    if (!fd) return false;
+    struct stat st;
+    if (fstat(fd.get(), &st) != 0) return false;
+    if (!S_ISREG(st.st_mode)) {
+        errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+        return false;
+    }
+    return true;
 }
 
 bool valid_console(const std::string& console) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "vmm/boot/memory_map.h"
 #include "vmm/memory/guest_memory.h"
 #include "vmm/memory/layout.h"
 
@@ -43,6 +44,7 @@ struct Interrupt {
 
 struct ParsedMpTable {
     uint64_t table_gpa = 0;
+    uint16_t length = 0;
     uint16_t declared_entries = 0;
     uint32_t lapic_address = 0;
     std::vector<Processor> cpus;
@@ -53,68 +55,76 @@ struct ParsedMpTable {
     std::vector<Interrupt> io_interrupts, local_interrupts;
 };
 
-// Scans base memory's last KiB in 16-byte steps for "_MP_" (as Linux does), checks both checksums and walks
-// the entries; any inconsistency fails the test.
+// Scans base memory's last KiB in 16-byte steps for "_MP_" (as Linux does), follows its physical pointer to
+// the config table wherever it is, checks both checksums and walks the entries; any inconsistency fails the
+// test.
 std::optional<ParsedMpTable> parse_mp_table(const GuestMemory& mem) {
-    Bytes base(layout::kBaseMemEnd - layout::kEbdaStart);
-    if (!mem.read(layout::kEbdaStart, base)) return std::nullopt;
+    Bytes ebda(layout::kBaseMemEnd - layout::kEbdaStart);
+    if (!mem.read(layout::kEbdaStart, ebda)) return std::nullopt;
     std::optional<size_t> fp;
-    for (size_t off = 0; off + 16 <= base.size(); off += 16) {
-        if (std::memcmp(base.data() + off, "_MP_", 4) == 0 && byte_sum(base, off, 16) == 0) {
+    for (size_t off = 0; off + 16 <= ebda.size(); off += 16) {
+        if (std::memcmp(ebda.data() + off, "_MP_", 4) == 0 && byte_sum(ebda, off, 16) == 0) {
             fp = off;
             break;
         }
     }
     EXPECT_TRUE(fp.has_value()) << "no floating pointer with a good checksum";
     if (!fp) return std::nullopt;
-    EXPECT_EQ(base[*fp + 8], 1) << "floating pointer length (16-byte units)";
-    EXPECT_EQ(base[*fp + 9], 4) << "spec revision 1.4";
+    EXPECT_EQ(ebda[*fp + 8], 1) << "floating pointer length (16-byte units)";
+    EXPECT_EQ(ebda[*fp + 9], 4) << "spec revision 1.4";
     for (int i = 11; i < 16; i++)
-        EXPECT_EQ(base[*fp + i], 0) << "feature byte " << i - 10;
+        EXPECT_EQ(ebda[*fp + i], 0) << "feature byte " << i - 10;
 
     ParsedMpTable t;
-    t.table_gpa = get<uint32_t>(base, *fp + 4);
-    EXPECT_GE(t.table_gpa, layout::kEbdaStart);
-    if (t.table_gpa < layout::kEbdaStart || t.table_gpa + 44 > layout::kBaseMemEnd) return std::nullopt;
-    size_t at = t.table_gpa - layout::kEbdaStart;
-    EXPECT_EQ(std::memcmp(base.data() + at, "PCMP", 4), 0);
-    uint16_t length = get<uint16_t>(base, at + 4);
-    EXPECT_LE(at + length, base.size()) << "config table ends past 0xa0000";
-    if (at + length > base.size() || length < 44) return std::nullopt;
-    EXPECT_EQ(base[at + 6], 4) << "spec revision";
-    EXPECT_EQ(byte_sum(base, at, length), 0) << "config table checksum";
+    t.table_gpa = get<uint32_t>(ebda, *fp + 4);
+    Bytes header(44);
+    auto header_read = mem.read(t.table_gpa, header);
+    EXPECT_TRUE(header_read.has_value())
+        << "config table pointer " << t.table_gpa << " is outside guest memory";
+    if (!header_read) return std::nullopt;
+    EXPECT_EQ(std::memcmp(header.data(), "PCMP", 4), 0);
+    uint16_t length = get<uint16_t>(header, 4);
+    EXPECT_GE(length, 44u);
+    if (length < 44) return std::nullopt;
+    Bytes table(length);
+    auto table_read = mem.read(t.table_gpa, table);
+    EXPECT_TRUE(table_read.has_value()) << "config table runs past guest memory";
+    if (!table_read) return std::nullopt;
+    EXPECT_EQ(table[6], 4) << "spec revision";
+    EXPECT_EQ(byte_sum(table, 0, length), 0) << "config table checksum";
     for (size_t i = 8; i < 28; i++)
-        EXPECT_TRUE(isprint(base[at + i])) << "OEM/product id byte " << i;
-    t.declared_entries = get<uint16_t>(base, at + 34);
-    t.lapic_address = get<uint32_t>(base, at + 36);
-    EXPECT_EQ(get<uint16_t>(base, at + 40), 0) << "no extended table";
+        EXPECT_TRUE(isprint(table[i])) << "OEM/product id byte " << i;
+    t.length = length;
+    t.declared_entries = get<uint16_t>(table, 34);
+    t.lapic_address = get<uint32_t>(table, 36);
+    EXPECT_EQ(get<uint16_t>(table, 40), 0) << "no extended table";
 
-    size_t pos = at + 44, end = at + length;
+    size_t pos = 44, end = length;
     uint16_t walked = 0;
     while (pos < end) {
-        uint8_t type = base[pos];
+        uint8_t type = table[pos];
         size_t size = type == 0 ? 20 : 8;
         EXPECT_LE(type, 4) << "unknown entry type at " << pos;
         if (type > 4 || pos + size > end) return std::nullopt;
         switch (type) {
             case 0:
-                t.cpus.push_back({base[pos + 1], base[pos + 2], base[pos + 3]});
+                t.cpus.push_back({table[pos + 1], table[pos + 2], table[pos + 3]});
                 break;
             case 1:
-                t.buses.emplace_back(reinterpret_cast<const char*>(base.data() + pos + 2), 6);
-                EXPECT_EQ(base[pos + 1], t.buses.size() - 1) << "bus ids count from 0";
+                t.buses.emplace_back(reinterpret_cast<const char*>(table.data() + pos + 2), 6);
+                EXPECT_EQ(table[pos + 1], t.buses.size() - 1) << "bus ids count from 0";
                 break;
             case 2:
                 t.ioapics++;
-                t.ioapic_id = base[pos + 1];
-                t.ioapic_version = base[pos + 2];
-                t.ioapic_flags = base[pos + 3];
-                t.ioapic_address = get<uint32_t>(base, pos + 4);
+                t.ioapic_id = table[pos + 1];
+                t.ioapic_version = table[pos + 2];
+                t.ioapic_flags = table[pos + 3];
+                t.ioapic_address = get<uint32_t>(table, pos + 4);
                 break;
             default: {
-                Interrupt irq{type,          base[pos + 1], get<uint16_t>(base, pos + 2),
-                              base[pos + 4], base[pos + 5], base[pos + 6],
-                              base[pos + 7]};
+                Interrupt irq{type,           table[pos + 1], get<uint16_t>(table, pos + 2),
+                              table[pos + 4], table[pos + 5], table[pos + 6],
+                              table[pos + 7]};
                 (type == 3 ? t.io_interrupts : t.local_interrupts).push_back(irq);
             }
         }
@@ -124,6 +134,18 @@ std::optional<ParsedMpTable> parse_mp_table(const GuestMemory& mem) {
     EXPECT_EQ(pos, end) << "entries end exactly at the table length";
     EXPECT_EQ(walked, t.declared_entries);
     return t;
+}
+
+// True if [gpa, gpa + size) lies inside one reserved entry of the guest's memory map, so the kernel leaves
+// it alone.
+bool in_reserved_memory(const GuestMemory& mem, uint64_t gpa, uint64_t size) {
+    auto map = boot::guest_memory_map(mem);
+    if (!map) return false;
+    for (const auto& entry : *map) {
+        if (entry.type == boot::kMemoryReserved && gpa >= entry.addr && gpa + size <= entry.addr + entry.size)
+            return true;
+    }
+    return false;
 }
 
 class MpTableTest : public ::testing::TestWithParam<uint32_t> {};
@@ -137,6 +159,10 @@ TEST_P(MpTableTest, DescribesCpusIoapicAndInterrupts) {
 
     auto t = parse_mp_table(*mem);
     ASSERT_TRUE(t.has_value());
+    EXPECT_EQ(t->table_gpa, layout::kMpConfigTable);
+    EXPECT_EQ(t->length, kMpConfigFixedSize + cpus * kMpProcessorEntrySize);
+    EXPECT_TRUE(in_reserved_memory(*mem, layout::kEbdaStart, kMpFloatingPointerSize));
+    EXPECT_TRUE(in_reserved_memory(*mem, t->table_gpa, t->length)) << "config table is in reserved memory";
     EXPECT_EQ(t->lapic_address, 0xfee00000u);
     EXPECT_EQ(t->declared_entries, cpus + 1 + 1 + 24 + 2);
 
@@ -177,12 +203,15 @@ TEST_P(MpTableTest, DescribesCpusIoapicAndInterrupts) {
     EXPECT_EQ(t->local_interrupts[1].dest_pin, 1) << "LINT1";
 }
 
-INSTANTIATE_TEST_SUITE_P(CpuCounts, MpTableTest, ::testing::Values(1u, 2u, 4u, kMpMaxCpus));
+INSTANTIATE_TEST_SUITE_P(CpuCounts, MpTableTest, ::testing::Values(1u, 2u, 4u, 64u, kMpMaxCpus));
 
-TEST(MpTable, MaxCpusIsTheMostThatFitBelow640KiB) {
-    EXPECT_LE(kMpFixedSize + kMpMaxCpus * kMpProcessorEntrySize, layout::kBaseMemEnd - layout::kEbdaStart);
-    EXPECT_GT(kMpFixedSize + (kMpMaxCpus + 1) * kMpProcessorEntrySize,
-              layout::kBaseMemEnd - layout::kEbdaStart);
+TEST(MpTable, MaxCpusLeavesAnApicIdForTheIoapicAndFitsBelow1MiB) {
+    // CPUs take APIC IDs 0..n-1, the IOAPIC takes n, and 0xff is the broadcast ID.
+    EXPECT_EQ(kMpMaxCpus, 254u);
+    EXPECT_LE(layout::kMpConfigTable + kMpConfigFixedSize + kMpMaxCpus * kMpProcessorEntrySize,
+              layout::kHighMemStart);
+    // The guest kernel's CONFIG_NR_CPUS (64), which the VMM's --cpus allows, must be describable.
+    EXPECT_GE(kMpMaxCpus, 64u);
 }
 
 TEST(MpTable, RejectsZeroAndTooManyCpus) {
@@ -193,12 +222,16 @@ TEST(MpTable, RejectsZeroAndTooManyCpus) {
     EXPECT_NE(none.error().message.find("at least one CPU"), std::string::npos);
     auto too_many = write_mp_table(*mem, kMpMaxCpus + 1);
     ASSERT_FALSE(too_many.has_value());
-    EXPECT_NE(too_many.error().message.find("do not fit below 0xa0000"), std::string::npos)
+    EXPECT_NE(too_many.error().message.find("255 CPUs is too many"), std::string::npos)
         << too_many.error().message;
-    // Nothing was written by the failed calls.
-    Bytes base(layout::kBaseMemEnd - layout::kEbdaStart);
-    ASSERT_TRUE(mem->read(layout::kEbdaStart, base).has_value());
-    EXPECT_EQ(base, Bytes(base.size(), 0));
+    EXPECT_NE(too_many.error().message.find("at most 254"), std::string::npos) << too_many.error().message;
+    // Nothing was written by the failed calls: neither the floating pointer nor the config table.
+    Bytes ebda(layout::kBaseMemEnd - layout::kEbdaStart);
+    ASSERT_TRUE(mem->read(layout::kEbdaStart, ebda).has_value());
+    EXPECT_EQ(ebda, Bytes(ebda.size(), 0));
+    Bytes rom(layout::kHighMemStart - layout::kMpConfigTable);
+    ASSERT_TRUE(mem->read(layout::kMpConfigTable, rom).has_value());
+    EXPECT_EQ(rom, Bytes(rom.size(), 0));
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "host/lib/paths.h"
@@ -168,6 +169,49 @@ TEST(Cli, SandlotBootReportsTheAgentAndExitsCleanly) {
     EXPECT_NE(result.output.find("agent ready: protocol=1."), std::string::npos) << result.output;
     EXPECT_NE(result.output.find("cpus=2"), std::string::npos) << result.output;
     EXPECT_NE(result.output.find("boot_to_agent_ms="), std::string::npos) << result.output;
+}
+
+}  // namespace
+}  // namespace sandlot::vmtest
+
+namespace sandlot::vmtest {
+namespace {
+
+// Kernels that pass the command-line checks but are not bootable: one error line, status 1, no crash.
+TEST(BadInput, CorruptOrTruncatedKernelsAreRefused) {
+    SKIP_WITHOUT_KVM();
+    auto dir = temp_dir();
+    std::string vmlinux = read_file(host::guest_dir() + "/vmlinux");
+    ASSERT_GT(vmlinux.size(), 1u << 20);
+    struct Case {
+        std::string name;
+        std::string bytes;
+    };
+    std::string flipped = vmlinux;
+    flipped[0x20] ^= 0x7f;  // e_phoff: program headers now point into nowhere
+    std::vector<Case> cases = {{"random", std::string(64 * 1024, '\xa5')},
+                               {"truncated", vmlinux.substr(0, 4096)},
+                               {"bad-phoff", flipped},
+                               {"empty", ""}};
+    for (const auto& c : cases) {
+        std::string path = dir + "/" + c.name;
+        std::ofstream(path, std::ios::binary) << c.bytes;
+        auto result = run_command({host::bin_dir() + "/sandlot-vmm", "--kernel", path, "--console", "none"});
+        EXPECT_EQ(result.status, 1) << c.name << ": " << result.output;
+        EXPECT_TRUE(result.output.starts_with("sandlot-vmm: error: ")) << c.name << ": " << result.output;
+        EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1) << c.name << ": "
+                                                                                   << result.output;
+    }
+    std::filesystem::remove_all(dir);
+}
+
+TEST(BadInput, MoreMemoryThanTheHostHasIsRefused) {
+    SKIP_WITHOUT_KVM();
+    auto result = run_command({host::bin_dir() + "/sandlot-vmm", "--kernel", host::guest_dir() + "/vmlinux",
+                               "--memory", "1000000", "--console", "none"});
+    EXPECT_NE(result.status, 0) << result.output;
+    EXPECT_NE(result.output.find("--memory"), std::string::npos) << result.output;
+    EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1) << result.output;
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "host/lib/sandbox.h"
+#include "tests/support/run_command.h"
 
 namespace sandlot::vmtest {
 
@@ -15,12 +16,8 @@ std::string kvm_unusable_reason();
 
 host::SandboxOptions default_options();
 
-struct CommandResult {
-    int status = -1;
-    std::string output;  // stdout and stderr together
-};
-// Runs argv to completion with stdin from `input`.
-CommandResult run_command(const std::vector<std::string>& argv, const std::string& input = "");
+using testing::CommandResult;
+using testing::run_command;
 
 std::string read_file(const std::string& path);
 std::string temp_dir();

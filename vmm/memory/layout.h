@@ -4,7 +4,8 @@
 //   0x0000_6000  hvm_start_info + module list (PVH)     0x0000_8000  PVH memory map
 //   0x0000_9000  PML4, 0xa000 PDPT, 0xb000-0xefff PDs   (identity map of the first 4 GiB, bzImage path)
 //   0x0002_0000  kernel command line (up to 64 KiB)
-//   0x0009_fc00  MP floating pointer + MP config table (top of base memory, reserved in e820)
+//   0x0009_fc00  MP floating pointer (top of base memory, where Linux scans; reserved in e820)
+//   0x000f_0000  MP config table (the BIOS ROM window, also reserved in e820)
 //   0x0010_0000  start of high RAM; kernels load at their preferred address (16 MiB for bzImage)
 //   RAM ..       up to 3 GiB, then the MMIO hole, then the rest of RAM from 4 GiB
 //   0xd000_0000  virtio-mmio devices, 4 KiB apart
@@ -33,8 +34,12 @@ inline constexpr uint64_t kPdpt = 0xa000;
 inline constexpr uint64_t kPd = 0xb000;  // 4 pages
 inline constexpr uint64_t kCmdline = 0x20000;
 inline constexpr uint64_t kCmdlineMax = 64 * kKiB;
-inline constexpr uint64_t kEbdaStart = 0x9fc00;  // MP table lives here
+inline constexpr uint64_t kEbdaStart = 0x9fc00;   // MP floating pointer lives here
 inline constexpr uint64_t kBaseMemEnd = 0xa0000;  // 640 KiB
+// The MP config table: the floating pointer points here. [kEbdaStart, kHighMemStart) is reserved in the
+// guest memory map, and this 64 KiB window below 1 MiB has room for a table listing 254 CPUs (the last KiB
+// of base memory holds only 37).
+inline constexpr uint64_t kMpConfigTable = 0xf0000;
 inline constexpr uint64_t kHighMemStart = 0x100000;
 inline constexpr uint64_t kBootStack = 0x8ff0;  // unused by Linux entry points, kept sane anyway
 

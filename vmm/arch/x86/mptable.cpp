@@ -144,17 +144,16 @@ std::vector<uint8_t> build_floating_pointer(uint32_t table_gpa) {
 Result<void> write_mp_table(const GuestMemory& mem, uint32_t num_cpus) {
     if (num_cpus == 0) return make_error("MP table: need at least one CPU");
     if (num_cpus > kMpMaxCpus) {
-        return make_error(fmt::format("MP table: {} CPUs do not fit below {:#x} (at most {})", num_cpus,
-                                      layout::kBaseMemEnd, kMpMaxCpus));
+        return make_error(fmt::format("MP table: {} CPUs is too many; 8-bit APIC IDs allow at most {}",
+                                      num_cpus, kMpMaxCpus));
     }
-    const uint32_t table_gpa = static_cast<uint32_t>(layout::kEbdaStart + kMpFloatingPointerSize);
-    auto pointer = build_floating_pointer(table_gpa);
+    auto pointer = build_floating_pointer(static_cast<uint32_t>(layout::kMpConfigTable));
     auto table = build_config_table(num_cpus);
-    // Guards the size arithmetic in the header against the bytes actually built.
-    if (table_gpa + table.size() > layout::kBaseMemEnd)
-        return make_error("MP table: does not fit below 0xa0000");
+    // Guards the size arithmetic in the header (and its static_asserts) against the bytes actually built.
+    if (table.size() != kMpConfigFixedSize + num_cpus * kMpProcessorEntrySize)
+        return make_error("MP table: config table size does not match its layout");
     TRY(mem.write(layout::kEbdaStart, pointer));
-    TRY(mem.write(table_gpa, table));
+    TRY(mem.write(layout::kMpConfigTable, table));
     return {};
 }
 
