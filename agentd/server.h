@@ -64,7 +64,7 @@ class Connection {
     bool dead_ = false;        // the socket failed; drop without flushing
     // Asked for SHUTDOWN: before power-off, wait (bounded) until the peer has read our reply and closed.
     bool await_peer_close_ = false;
-    uint32_t interest_ = 0;    // events currently registered with epoll
+    uint32_t interest_ = 0;  // events currently registered with epoll
 };
 
 enum class StopReason {

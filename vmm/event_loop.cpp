@@ -24,7 +24,8 @@ Result<EventLoop> EventLoop::create() {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = loop.state_->wake.get();
-    if (epoll_ctl(loop.state_->epoll.get(), EPOLL_CTL_ADD, ev.data.fd, &ev) < 0) return errno_error("epoll_ctl");
+    if (epoll_ctl(loop.state_->epoll.get(), EPOLL_CTL_ADD, ev.data.fd, &ev) < 0)
+        return errno_error("epoll_ctl");
     return loop;
 }
 
@@ -91,7 +92,8 @@ Result<void> EventLoop::run_once(int timeout_ms) {
 }
 
 Result<void> EventLoop::run() {
-    while (!state_->stopping.load()) TRY(run_once(-1));
+    while (!state_->stopping.load())
+        TRY(run_once(-1));
     return {};
 }
 

@@ -20,7 +20,7 @@
 namespace sandlot::vmm {
 
 class EventLoop {
-public:
+  public:
     using Handler = std::function<void(uint32_t epoll_events)>;
 
     static Result<EventLoop> create();
@@ -41,7 +41,7 @@ public:
     // Thread-safe; wakes the loop.
     void stop();
 
-private:
+  private:
     EventLoop() = default;
 
     struct State;

@@ -15,7 +15,9 @@ struct BootArgs {
     double timeout_s = 60;
 };
 
-double ms(uint64_t ns) { return static_cast<double>(ns) / 1e6; }
+double ms(uint64_t ns) {
+    return static_cast<double>(ns) / 1e6;
+}
 
 int run_boot(const BootArgs& args) {
     auto options = args.options;
@@ -26,11 +28,12 @@ int run_boot(const BootArgs& args) {
         return 1;
     }
     const auto& hello = (*sandbox)->hello();
-    fmt::print("agent ready: protocol={}.{} agent={} kernel={} cpus={} memory_kib={} kernel_boot_ms={:.1f} "
-               "agent_ready_ms={:.1f} boot_to_agent_ms={:.1f}\n",
-               hello.protocol_major, hello.protocol_minor, hello.agent_version, hello.kernel_release,
-               hello.cpus_online, hello.mem_total_kib, ms(hello.agent_start_ns), ms(hello.agent_ready_ns),
-               std::chrono::duration<double, std::milli>((*sandbox)->boot_to_agent()).count());
+    fmt::print(
+        "agent ready: protocol={}.{} agent={} kernel={} cpus={} memory_kib={} kernel_boot_ms={:.1f} "
+        "agent_ready_ms={:.1f} boot_to_agent_ms={:.1f}\n",
+        hello.protocol_major, hello.protocol_minor, hello.agent_version, hello.kernel_release,
+        hello.cpus_online, hello.mem_total_kib, ms(hello.agent_start_ns), ms(hello.agent_ready_ns),
+        std::chrono::duration<double, std::milli>((*sandbox)->boot_to_agent()).count());
     std::fflush(stdout);
     auto status = (*sandbox)->shutdown();
     if (!status) {
@@ -49,7 +52,8 @@ int run_boot(const BootArgs& args) {
 
 CommandRunner add_boot_command(CLI::App& app) {
     auto args = std::make_shared<BootArgs>();
-    auto* cmd = app.add_subcommand("boot", "Boot a sandbox, print the agent's greeting and boot time, shut down");
+    auto* cmd =
+        app.add_subcommand("boot", "Boot a sandbox, print the agent's greeting and boot time, shut down");
     cmd->add_option("--memory", args->options.memory_mib, "Guest memory in MiB")->capture_default_str();
     cmd->add_option("--cpus", args->options.cpus, "Number of vCPUs")->capture_default_str();
     cmd->add_option("--kernel", args->options.kernel, "Guest kernel (vmlinux or bzImage)");

@@ -7,7 +7,8 @@ namespace sandlot::host {
 Result<AgentConnection> AgentConnection::open(UniqueFd stream) {
     auto frame = TRY(proto::read_frame(stream.get()));
     if (frame.type != static_cast<uint16_t>(proto::MessageType::Hello))
-        return make_error("agent did not start with HELLO (got message type " + std::to_string(frame.type) + ")");
+        return make_error("agent did not start with HELLO (got message type " + std::to_string(frame.type) +
+                          ")");
     auto hello = TRY(proto::decode_hello(frame.payload));
     if (hello.protocol_major != proto::kProtocolMajor)
         return make_error("agent speaks protocol " + std::to_string(hello.protocol_major) + "." +

@@ -12,7 +12,7 @@
 namespace sandlot::host {
 
 class AgentConnection {
-public:
+  public:
     // Takes a connected stream and reads the agent's HELLO from it.
     static Result<AgentConnection> open(UniqueFd stream);
 
@@ -25,7 +25,7 @@ public:
     // connection, which tells the agent its reply arrived.
     Result<void> shutdown();
 
-private:
+  private:
     AgentConnection(UniqueFd fd, proto::Hello hello) : fd_(std::move(fd)), hello_(std::move(hello)) {}
     // Reads the next frame, turning an ERROR frame from the agent into an Error.
     Result<proto::Frame> read_reply(proto::MessageType expected);

@@ -15,7 +15,8 @@ Result<ChildProcess> ChildProcess::spawn(const std::vector<std::string>& argv,
                                          const std::optional<std::string>& log_path) {
     if (argv.empty()) return make_error("spawn: empty command");
     std::vector<char*> cargv;
-    for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+    for (const auto& a : argv)
+        cargv.push_back(const_cast<char*>(a.c_str()));
     cargv.push_back(nullptr);
 
     posix_spawn_file_actions_t actions;
@@ -47,7 +48,9 @@ Result<ChildProcess> ChildProcess::spawn(const std::vector<std::string>& argv,
     return child;
 }
 
-ChildProcess::~ChildProcess() { reap_or_kill(); }
+ChildProcess::~ChildProcess() {
+    reap_or_kill();
+}
 
 void ChildProcess::reap_or_kill() {
     if (pid_ > 0 && !status_) {

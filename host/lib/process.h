@@ -16,7 +16,7 @@
 namespace sandlot::host {
 
 class ChildProcess {
-public:
+  public:
     // stdout/stderr go to `log_path` when given (created/truncated), else are inherited.
     static Result<ChildProcess> spawn(const std::vector<std::string>& argv,
                                       const std::optional<std::string>& log_path = std::nullopt);
@@ -43,7 +43,7 @@ public:
     Result<int> wait(std::chrono::milliseconds timeout);
     void kill(int signal);
 
-private:
+  private:
     ChildProcess() = default;
     void reap_or_kill();  // a child still running when its handle goes away is killed and reaped
     pid_t pid_ = -1;

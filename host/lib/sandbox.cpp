@@ -60,13 +60,20 @@ Result<void> Sandbox::wait_for_agent() {
     if (!options_.cmdline.empty()) cmdline += " " + options_.cmdline;
 
     std::vector<std::string> argv = {options_.vmm,
-                                      "--kernel", options_.kernel,
-                                      "--initrd", options_.initrd,
-                                      "--memory", std::to_string(options_.memory_mib),
-                                      "--cpus", std::to_string(options_.cpus),
-                                      "--vsock-uds", vsock_uds_,
-                                      "--console", options_.console,
-                                      "--cmdline", cmdline};
+                                     "--kernel",
+                                     options_.kernel,
+                                     "--initrd",
+                                     options_.initrd,
+                                     "--memory",
+                                     std::to_string(options_.memory_mib),
+                                     "--cpus",
+                                     std::to_string(options_.cpus),
+                                     "--vsock-uds",
+                                     vsock_uds_,
+                                     "--console",
+                                     options_.console,
+                                     "--cmdline",
+                                     cmdline};
     auto start = Clock::now();
     vmm_ = TRY(ChildProcess::spawn(argv, options_.vmm_log));
     auto deadline = start + options_.ready_timeout;
@@ -134,10 +141,13 @@ Result<int> Sandbox::shutdown(std::chrono::milliseconds timeout) {
 
 Result<int> Sandbox::wait(std::chrono::milliseconds timeout) {
     auto status = vmm_->wait(timeout);
-    if (!status) return make_error("sandlot-vmm did not exit within " + std::to_string(timeout.count()) + " ms");
+    if (!status)
+        return make_error("sandlot-vmm did not exit within " + std::to_string(timeout.count()) + " ms");
     return status;
 }
 
-void Sandbox::kill() { vmm_->kill(SIGKILL); }
+void Sandbox::kill() {
+    vmm_->kill(SIGKILL);
+}
 
 }  // namespace sandlot::host

@@ -29,8 +29,8 @@ struct SandboxOptions {
     std::string vmm;     // default: bin_dir()/sandlot-vmm
     uint64_t memory_mib = 256;
     uint32_t cpus = 1;
-    std::string cmdline;            // appended to the kernel command line
-    std::string console = "none";   // sandlot-vmm --console: none | stdout | file:PATH
+    std::string cmdline;                 // appended to the kernel command line
+    std::string console = "none";        // sandlot-vmm --console: none | stdout | file:PATH
     std::optional<std::string> vmm_log;  // the VMM's stdout+stderr go here (else inherited)
     std::chrono::milliseconds ready_timeout{60'000};
     // Wait for the agent by retrying CONNECT instead of its boot-time notification connection.
@@ -38,7 +38,7 @@ struct SandboxOptions {
 };
 
 class Sandbox {
-public:
+  public:
     static Result<std::unique_ptr<Sandbox>> boot(SandboxOptions options);
     ~Sandbox();
 
@@ -58,7 +58,7 @@ public:
     Result<int> wait(std::chrono::milliseconds timeout);
     void kill();
 
-private:
+  private:
     Sandbox() = default;
     Result<void> wait_for_agent();
 

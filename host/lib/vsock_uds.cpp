@@ -36,8 +36,9 @@ Result<UniqueFd> vsock_uds_connect(const std::string& uds_path, uint32_t port) {
         ssize_t n = read(fd.get(), &c, 1);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return errno_error("read CONNECT reply");
-        if (n == 0) return make_error("vsock port " + std::to_string(port) + ": connection refused by the guest",
-                                      ECONNREFUSED);
+        if (n == 0)
+            return make_error("vsock port " + std::to_string(port) + ": connection refused by the guest",
+                              ECONNREFUSED);
         if (c == '\n') break;
         line.push_back(c);
         if (line.size() > 64) return make_error("vsock: malformed CONNECT reply");
@@ -52,7 +53,8 @@ Result<UniqueFd> vsock_uds_listen(const std::string& uds_path, uint32_t port) {
     UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) return errno_error("socket");
     ::unlink(path.c_str());
-    if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) return errno_error("bind " + path);
+    if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0)
+        return errno_error("bind " + path);
     if (listen(fd.get(), 16) < 0) return errno_error("listen " + path);
     return fd;
 }

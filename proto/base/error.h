@@ -42,9 +42,9 @@ inline Error with_context(Error e, const std::string& context) {
 }  // namespace sandlot
 
 // GCC/Clang statement expression: evaluates to the value of a successful Result, or returns its error.
-#define TRY(expr)                                                         \
-    ({                                                                    \
-        auto&& try_result_ = (expr);                                      \
+#define TRY(expr)                                                                 \
+    ({                                                                            \
+        auto&& try_result_ = (expr);                                              \
         if (!try_result_) return std::unexpected(std::move(try_result_).error()); \
-        std::move(try_result_).value();                                   \
+        std::move(try_result_).value();                                           \
     })

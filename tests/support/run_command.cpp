@@ -23,7 +23,8 @@ CommandResult run_command(const std::vector<std::string>& argv, const std::strin
         dup2(out[1], 1);
         dup2(out[1], 2);
         std::vector<char*> cargv;
-        for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+        for (const auto& a : argv)
+            cargv.push_back(const_cast<char*>(a.c_str()));
         cargv.push_back(nullptr);
         execvp(cargv[0], cargv.data());
         _exit(127);
@@ -44,7 +45,8 @@ CommandResult run_command(const std::vector<std::string>& argv, const std::strin
     CommandResult result;
     char buf[4096];
     ssize_t n;
-    while ((n = read(out[0], buf, sizeof buf)) > 0) result.output.append(buf, static_cast<size_t>(n));
+    while ((n = read(out[0], buf, sizeof buf)) > 0)
+        result.output.append(buf, static_cast<size_t>(n));
     close(out[0]);
     feeder.join();
     int status = 0;

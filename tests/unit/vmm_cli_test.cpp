@@ -24,7 +24,7 @@ struct BadInvocation {
 };
 
 class VmmCliTest : public ::testing::TestWithParam<BadInvocation> {
-protected:
+  protected:
     static void SetUpTestSuite() {
         // A readable file to stand in for a kernel; the checks under test come before it is parsed.
         std::ofstream(kernel_) << "not a kernel";
@@ -49,20 +49,19 @@ TEST_P(VmmCliTest, PrintsOneErrorLineAndFails) {
 
 INSTANTIATE_TEST_SUITE_P(
     BadInput, VmmCliTest,
-    ::testing::Values(BadInvocation{{}, "--kernel"},
-                      BadInvocation{{"--kernel", "/no/such/vmlinux"}, "/no/such/vmlinux"},
-                      BadInvocation{{"--kernel", "/"}, "--kernel"},
-                      BadInvocation{{"--kernel", "@kernel", "--initrd", "/no/such/initrd"}, "/no/such/initrd"},
-                      BadInvocation{{"--kernel", "@kernel", "--memory", "0"}, "--memory"},
-                      BadInvocation{{"--kernel", "@kernel", "--memory", "99999999999"}, "--memory"},
-                      BadInvocation{{"--kernel", "@kernel", "--memory", "lots"}, "--memory"},
-                      BadInvocation{{"--kernel", "@kernel", "--cpus", "0"}, "--cpus"},
-                      BadInvocation{{"--kernel", "@kernel", "--cpus", "100000"}, "--cpus"},
-                      BadInvocation{{"--kernel", "@kernel", "--vsock-cid", "2", "--vsock-uds", "/tmp/x"},
-                                    "--vsock-cid"},
-                      BadInvocation{{"--kernel", "@kernel", "--vsock-uds", std::string(200, 'x')}, "too long"},
-                      BadInvocation{{"--kernel", "@kernel", "--console", "printer"}, "console"},
-                      BadInvocation{{"--kernel", "@kernel", "--no-such-flag"}, "no-such-flag"}));
+    ::testing::Values(
+        BadInvocation{{}, "--kernel"}, BadInvocation{{"--kernel", "/no/such/vmlinux"}, "/no/such/vmlinux"},
+        BadInvocation{{"--kernel", "/"}, "--kernel"},
+        BadInvocation{{"--kernel", "@kernel", "--initrd", "/no/such/initrd"}, "/no/such/initrd"},
+        BadInvocation{{"--kernel", "@kernel", "--memory", "0"}, "--memory"},
+        BadInvocation{{"--kernel", "@kernel", "--memory", "99999999999"}, "--memory"},
+        BadInvocation{{"--kernel", "@kernel", "--memory", "lots"}, "--memory"},
+        BadInvocation{{"--kernel", "@kernel", "--cpus", "0"}, "--cpus"},
+        BadInvocation{{"--kernel", "@kernel", "--cpus", "100000"}, "--cpus"},
+        BadInvocation{{"--kernel", "@kernel", "--vsock-cid", "2", "--vsock-uds", "/tmp/x"}, "--vsock-cid"},
+        BadInvocation{{"--kernel", "@kernel", "--vsock-uds", std::string(200, 'x')}, "too long"},
+        BadInvocation{{"--kernel", "@kernel", "--console", "printer"}, "console"},
+        BadInvocation{{"--kernel", "@kernel", "--no-such-flag"}, "no-such-flag"}));
 
 TEST(VmmCli, RefusesPvmHostsWithAnExplanation) {
     if (vmm::detect_host_kvm() != vmm::HostKvmKind::Pvm) GTEST_SKIP() << "this host's /dev/kvm is not PVM";

@@ -108,9 +108,8 @@ TEST(Vsock, StockSocatSpeaksTheConnectProtocol) {
     ASSERT_NE(newline, std::string::npos);
     std::string frame = result.output.substr(newline + 1);
     ASSERT_GE(frame.size(), proto::kFrameHeaderSize);
-    auto header = proto::decode_header(
-        std::span<const uint8_t, proto::kFrameHeaderSize>(reinterpret_cast<const uint8_t*>(frame.data()),
-                                                          proto::kFrameHeaderSize));
+    auto header = proto::decode_header(std::span<const uint8_t, proto::kFrameHeaderSize>(
+        reinterpret_cast<const uint8_t*>(frame.data()), proto::kFrameHeaderSize));
     ASSERT_TRUE(header) << header.error().to_string();
     EXPECT_EQ(header->type, static_cast<uint16_t>(proto::MessageType::Hello));
     EXPECT_EQ(frame.size(), proto::kFrameHeaderSize + header->payload_length);
@@ -140,7 +139,8 @@ TEST(Crash, GuestKernelPanicEndsTheVmmWithNonZeroStatus) {
     auto log = read_file(dir + "/vmm.log");
     EXPECT_NE(log.find("Kernel panic"), std::string::npos) << log;
     EXPECT_NE(log.find("guest crashed"), std::string::npos) << log;
-    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(110)) << "the panic must not hang";
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(110))
+        << "the panic must not hang";
     std::filesystem::remove_all(dir);
 }
 
@@ -199,8 +199,8 @@ TEST(BadInput, CorruptOrTruncatedKernelsAreRefused) {
         auto result = run_command({host::bin_dir() + "/sandlot-vmm", "--kernel", path, "--console", "none"});
         EXPECT_EQ(result.status, 1) << c.name << ": " << result.output;
         EXPECT_TRUE(result.output.starts_with("sandlot-vmm: error: ")) << c.name << ": " << result.output;
-        EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1) << c.name << ": "
-                                                                                   << result.output;
+        EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1)
+            << c.name << ": " << result.output;
     }
     std::filesystem::remove_all(dir);
 }

@@ -13,11 +13,13 @@ namespace sandlot::vmtest {
 
 std::string kvm_unusable_reason() {
     switch (vmm::detect_host_kvm()) {
-        case vmm::HostKvmKind::Hardware: return "";
+        case vmm::HostKvmKind::Hardware:
+            return "";
         case vmm::HostKvmKind::Pvm:
             return "/dev/kvm is PVM (kvm_pvm), which cannot boot the stock guest kernel; run the VM suite in "
                    "the nested rig (make test does this by itself)";
-        case vmm::HostKvmKind::None: return "no usable /dev/kvm on this host";
+        case vmm::HostKvmKind::None:
+            return "no usable /dev/kvm on this host";
     }
     return "unknown KVM state";
 }

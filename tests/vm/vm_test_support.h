@@ -22,10 +22,10 @@ using testing::run_command;
 std::string read_file(const std::string& path);
 std::string temp_dir();
 
-#define SKIP_WITHOUT_KVM()                                                                    \
-    do {                                                                                      \
-        if (auto why = ::sandlot::vmtest::kvm_unusable_reason(); !why.empty())                \
-            GTEST_SKIP() << "VM TEST SKIPPED: " << why;                                       \
+#define SKIP_WITHOUT_KVM()                                                     \
+    do {                                                                       \
+        if (auto why = ::sandlot::vmtest::kvm_unusable_reason(); !why.empty()) \
+            GTEST_SKIP() << "VM TEST SKIPPED: " << why;                        \
     } while (0)
 
 }  // namespace sandlot::vmtest

@@ -1,5 +1,6 @@
 // MMIO and port-I/O dispatch. A vCPU exit looks up the device covering the address and calls it with the
-// offset from the device's base. Devices are tables of two operations; they must tolerate any offset and size.
+// offset from the device's base. Devices are tables of two operations; they must tolerate any offset and
+// size.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +14,7 @@
 namespace sandlot::vmm {
 
 class BusDevice {
-public:
+  public:
     virtual ~BusDevice() = default;
     // Fill `data` (1, 2, 4 or 8 bytes). Called on vCPU threads, possibly concurrently.
     virtual void read(uint64_t offset, std::span<uint8_t> data) = 0;
@@ -21,7 +22,7 @@ public:
 };
 
 class Bus {
-public:
+  public:
     // Ranges may not overlap. Set up before vCPUs start; lookups afterwards are lock-free reads.
     Result<void> insert(uint64_t base, uint64_t length, std::shared_ptr<BusDevice> device);
 
@@ -29,7 +30,7 @@ public:
     bool read(uint64_t addr, std::span<uint8_t> data) const;
     bool write(uint64_t addr, std::span<const uint8_t> data) const;
 
-private:
+  private:
     struct Range {
         uint64_t length;
         std::shared_ptr<BusDevice> device;

@@ -13,7 +13,7 @@
 namespace sandlot::vmm {
 
 class IrqLine {
-public:
+  public:
     static Result<IrqLine> create(uint32_t gsi) {
         UniqueFd fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
         if (!fd) return errno_error("eventfd for irq");
@@ -27,7 +27,7 @@ public:
     int fd() const { return fd_.get(); }
     uint32_t gsi() const { return gsi_; }
 
-private:
+  private:
     IrqLine(UniqueFd fd, uint32_t gsi) : fd_(std::move(fd)), gsi_(gsi) {}
     UniqueFd fd_;
     uint32_t gsi_;

@@ -11,7 +11,8 @@ namespace sandlot::vmm {
 namespace {
 
 Result<uint8_t*> map_anonymous(uint64_t bytes) {
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* p =
+        mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) return errno_error("mmap " + std::to_string(bytes >> 20) + " MiB of guest memory");
     // Guest RAM never belongs in a host core dump, and transparent huge pages make faults cheaper.
     madvise(p, bytes, MADV_DONTDUMP);
@@ -22,7 +23,8 @@ Result<uint8_t*> map_anonymous(uint64_t bytes) {
 }  // namespace
 
 Result<GuestMemory> GuestMemory::create(uint64_t bytes) {
-    if (bytes == 0 || bytes % layout::kMiB != 0) return make_error("guest memory must be a positive whole number of MiB");
+    if (bytes == 0 || bytes % layout::kMiB != 0)
+        return make_error("guest memory must be a positive whole number of MiB");
     GuestMemory mem;
     uint64_t low = std::min(bytes, layout::kMmioHoleStart);
     mem.regions_.push_back({0, low, TRY(map_anonymous(low))});
@@ -53,10 +55,13 @@ GuestMemory& GuestMemory::operator=(GuestMemory&& other) noexcept {
     return *this;
 }
 
-GuestMemory::~GuestMemory() { unmap(); }
+GuestMemory::~GuestMemory() {
+    unmap();
+}
 
 void GuestMemory::unmap() {
-    for (auto& r : regions_) munmap(r.host, r.size);
+    for (auto& r : regions_)
+        munmap(r.host, r.size);
     regions_.clear();
 }
 

@@ -2,8 +2,8 @@
 // Memory is mapped lazily (MAP_NORESERVE): the size is a limit, not a reservation.
 //
 // Every access the guest can influence goes through slice(), which bounds-checks the whole range against one
-// region. Guest memory can change under us at any time (other vCPUs, the guest itself): callers copy what they
-// validate before they use it.
+// region. Guest memory can change under us at any time (other vCPUs, the guest itself): callers copy what
+// they validate before they use it.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +23,7 @@ struct MemoryRegion {
 };
 
 class GuestMemory {
-public:
+  public:
     // Maps `bytes` of RAM: [0, min(bytes, hole start)) and, past 3 GiB, the rest from 4 GiB up.
     static Result<GuestMemory> create(uint64_t bytes);
 
@@ -62,7 +62,7 @@ public:
     Result<void> write(uint64_t gpa, std::span<const uint8_t> data) const;
     Result<void> read(uint64_t gpa, std::span<uint8_t> out) const;
 
-private:
+  private:
     GuestMemory() = default;
     void unmap();
 

@@ -252,7 +252,8 @@ void MmioTransport::reset() {
     active_ = false;
     active_queues_.clear();
     for (auto& regs : queues_) {
-        // Field by field: assigning a fresh QueueRegisters trips GCC 12's -Wmaybe-uninitialized on the optional.
+        // Field by field: assigning a fresh QueueRegisters trips GCC 12's -Wmaybe-uninitialized on the
+        // optional.
         regs.config = {};
         regs.ready = false;
         regs.validated.reset();
