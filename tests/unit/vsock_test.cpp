@@ -509,6 +509,23 @@ TEST_F(VsockTest, GuestInitiatedConnection) {
     EXPECT_EQ(device_->connection_count(), 0u);
 }
 
+TEST_F(VsockTest, HostHalfCloseStillDeliversTheGuestsReply) {
+    start_driver();
+    auto c = connect_from_host(1234);
+    write_all(c.client.get(), "question");
+    auto rw = expect_packet(Op::Rw);
+    ASSERT_TRUE(rw);
+    EXPECT_EQ(to_string(rw->payload), "question");
+    // The host is done sending but still listening: the guest is told SEND only.
+    ASSERT_EQ(shutdown(c.client.get(), SHUT_WR), 0);
+    auto shut = expect_packet(Op::Shutdown);
+    ASSERT_TRUE(shut);
+    EXPECT_EQ(shut->hdr.flags, kShutdownSend);
+    send_data(1234, c.host_port, "answer");
+    EXPECT_EQ(read_from(c.client.get(), 6), "answer");
+    EXPECT_EQ(device_->connection_count(), 1u);
+}
+
 TEST_F(VsockTest, GuestShutdownRcvStopsHostToGuestData) {
     start_driver();
     auto c = connect_from_host(1234);

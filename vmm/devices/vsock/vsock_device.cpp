@@ -374,10 +374,12 @@ size_t VsockDevice::write_connection_packet(Connection& conn, const virtio::Chai
             hdr.len = static_cast<uint32_t>(bytes);
             return write_packet(chain, hdr);
         }
-        if (status == IoStatus::Ok) {  // EOF: the host side is done with the stream
+        if (status == IoStatus::Ok) {  // EOF: the host will send nothing more
             conn.host_eof = true;
+            // A half-close (shutdown(SHUT_WR), as socat does at the end of its input) still wants the guest's
+            // reply, so only our sending side ends; if the guest already ended its side, the stream is done.
             PacketHeader hdr = header_for(conn, Op::Shutdown);
-            hdr.flags = kShutdownBoth;
+            hdr.flags = conn.guest_shut_send ? kShutdownBoth : kShutdownSend;
             return write_packet(chain, hdr);
         }
         if (status == IoStatus::Failed) {  // the host socket broke: reset the stream right here
