@@ -33,9 +33,7 @@ TEST(Boot, PvhKernelGreetsOverVsock) {
     auto rtt = (*sandbox)->agent().ping();
     ASSERT_TRUE(rtt) << rtt.error().to_string();
 
-    auto status = (*sandbox)->shutdown();
-    ASSERT_TRUE(status) << status.error().to_string();
-    EXPECT_EQ(*status, 0) << "an orderly guest power-off must end sandlot-vmm with status 0";
+    expect_clean_shutdown(**sandbox);
 }
 
 TEST(Boot, TwoVcpusAreOnlineInTheGuest) {
@@ -45,9 +43,7 @@ TEST(Boot, TwoVcpusAreOnlineInTheGuest) {
     auto sandbox = host::Sandbox::boot(options);
     ASSERT_TRUE(sandbox) << sandbox.error().to_string();
     EXPECT_EQ((*sandbox)->hello().cpus_online, 2u);
-    auto status = (*sandbox)->shutdown();
-    ASSERT_TRUE(status) << status.error().to_string();
-    EXPECT_EQ(*status, 0);
+    expect_clean_shutdown(**sandbox);
 }
 
 TEST(Boot, BzImageBootsThroughTheLinux64Protocol) {
@@ -57,9 +53,7 @@ TEST(Boot, BzImageBootsThroughTheLinux64Protocol) {
     auto sandbox = host::Sandbox::boot(options);
     ASSERT_TRUE(sandbox) << sandbox.error().to_string();
     EXPECT_TRUE((*sandbox)->hello().kernel_release.starts_with("6.1"));
-    auto status = (*sandbox)->shutdown();
-    ASSERT_TRUE(status) << status.error().to_string();
-    EXPECT_EQ(*status, 0);
+    expect_clean_shutdown(**sandbox);
 }
 
 TEST(Boot, HostCanWaitForTheAgentByRetryingConnect) {
@@ -69,9 +63,7 @@ TEST(Boot, HostCanWaitForTheAgentByRetryingConnect) {
     auto sandbox = host::Sandbox::boot(options);
     ASSERT_TRUE(sandbox) << sandbox.error().to_string();
     EXPECT_EQ((*sandbox)->hello().protocol_major, proto::kProtocolMajor);
-    auto status = (*sandbox)->shutdown();
-    ASSERT_TRUE(status) << status.error().to_string();
-    EXPECT_EQ(*status, 0);
+    expect_clean_shutdown(**sandbox);
 }
 
 TEST(Vsock, ManyConnectionsThroughTheConnectHandshake) {
@@ -90,9 +82,7 @@ TEST(Vsock, ManyConnectionsThroughTheConnectHandshake) {
             ASSERT_TRUE(rtt) << rtt.error().to_string();
         }
     }
-    auto status = (*sandbox)->shutdown();
-    ASSERT_TRUE(status) << status.error().to_string();
-    EXPECT_EQ(*status, 0);
+    expect_clean_shutdown(**sandbox);
 }
 
 TEST(Vsock, StockSocatSpeaksTheConnectProtocol) {
@@ -117,9 +107,7 @@ TEST(Vsock, StockSocatSpeaksTheConnectProtocol) {
     // The connection socat used is gone; the agent still answers on the boot connection.
     auto rtt = (*sandbox)->agent().ping();
     ASSERT_TRUE(rtt) << rtt.error().to_string();
-    auto status = (*sandbox)->shutdown();
-    ASSERT_TRUE(status) << status.error().to_string();
-    EXPECT_EQ(*status, 0);
+    expect_clean_shutdown(**sandbox);
 }
 
 TEST(Crash, GuestKernelPanicEndsTheVmmWithNonZeroStatus) {
@@ -157,9 +145,7 @@ TEST(BadInput, BusyVsockSocketPathIsRefused) {
     // The running sandbox is unharmed.
     auto rtt = (*sandbox)->agent().ping();
     ASSERT_TRUE(rtt) << rtt.error().to_string();
-    auto status = (*sandbox)->shutdown();
-    ASSERT_TRUE(status) << status.error().to_string();
-    EXPECT_EQ(*status, 0);
+    expect_clean_shutdown(**sandbox);
 }
 
 TEST(Cli, SandlotBootReportsTheAgentAndExitsCleanly) {

@@ -31,6 +31,12 @@ host::SandboxOptions default_options() {
     return options;
 }
 
+void expect_clean_shutdown(host::Sandbox& sandbox) {
+    auto status = sandbox.shutdown();
+    ASSERT_TRUE(status) << status.error().to_string();
+    EXPECT_EQ(*status, 0) << "an orderly guest power-off must end sandlot-vmm with status 0";
+}
+
 std::string read_file(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
     std::stringstream ss;

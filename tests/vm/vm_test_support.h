@@ -19,6 +19,9 @@ host::SandboxOptions default_options();
 using testing::CommandResult;
 using testing::run_command;
 
+// Asks the agent to power off and expects sandlot-vmm to end with status 0 (an orderly restart).
+void expect_clean_shutdown(host::Sandbox& sandbox);
+
 std::string read_file(const std::string& path);
 std::string temp_dir();
 
