@@ -1,6 +1,7 @@
 // sandlot-vmm's answer to bad input from the user: one clear line, a non-zero status, never a crash.
 // These cases are all decided before a VM exists, so they run on any host.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -30,7 +31,9 @@ class VmmCliTest : public ::testing::TestWithParam<BadInvocation> {
         std::ofstream(kernel_) << "not a kernel";
     }
     static void TearDownTestSuite() { std::filesystem::remove(kernel_); }
-    static inline const std::string kernel_ = ::testing::TempDir() + "/vmm_cli_kernel";
+    // One file per process: ctest runs each test case as its own process, in parallel.
+    static inline const std::string kernel_ =
+        ::testing::TempDir() + "/vmm_cli_kernel." + std::to_string(getpid());
 };
 
 TEST_P(VmmCliTest, PrintsOneErrorLineAndFails) {
@@ -65,7 +68,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(VmmCli, RefusesPvmHostsWithAnExplanation) {
     if (vmm::detect_host_kvm() != vmm::HostKvmKind::Pvm) GTEST_SKIP() << "this host's /dev/kvm is not PVM";
-    std::string kernel = ::testing::TempDir() + "/vmm_cli_pvm_kernel";
+    std::string kernel = ::testing::TempDir() + "/vmm_cli_pvm_kernel." + std::to_string(getpid());
     std::ofstream(kernel) << "any";
     auto result = run_command({kVmm, "--kernel", kernel});
     std::filesystem::remove(kernel);
