@@ -722,17 +722,16 @@ TEST_F(BootLoaderTest, GuestTooSmall) {
 
 // --- The real guest kernel, when it has been built ------------------------------------------------------
 
+// The build puts the guest kernel next to bin/ (the guest-kernel target runs before the tests).
 std::optional<std::string> find_guest_artifact(const std::string& name) {
-    for (std::string dir : {std::string(SANDLOT_BIN_DIR) + "/../guest", std::string("/tmp/kout")}) {
-        std::string path = dir + "/" + name;
-        if (fs::exists(path)) return path;
-    }
+    std::string path = std::string(SANDLOT_BIN_DIR) + "/../guest/" + name;
+    if (fs::exists(path)) return path;
     return std::nullopt;
 }
 
 TEST_F(BootLoaderTest, RealVmlinuxHasPvhEntry) {
     auto path = find_guest_artifact("vmlinux");
-    if (!path) GTEST_SKIP() << "no guest vmlinux built (build/guest or /tmp/kout); run tools/build-kernel";
+    if (!path) GTEST_SKIP() << "no guest vmlinux in build/guest; build the guest-kernel target";
     auto mem = make_memory();
     BootConfig config{.kernel_path = *path,
                       .initrd_path = write_file("initrd", pattern(4096, 2)),
@@ -750,7 +749,7 @@ TEST_F(BootLoaderTest, RealVmlinuxHasPvhEntry) {
 
 TEST_F(BootLoaderTest, RealBzImageHas64BitEntry) {
     auto path = find_guest_artifact("bzImage");
-    if (!path) GTEST_SKIP() << "no guest bzImage built (build/guest or /tmp/kout); run tools/build-kernel";
+    if (!path) GTEST_SKIP() << "no guest bzImage in build/guest; build the guest-kernel target";
     auto mem = make_memory();
     BootConfig config{.kernel_path = *path,
                       .initrd_path = write_file("initrd", pattern(4096, 2)),
