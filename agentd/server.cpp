@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "agentd/log.h"
+#include "proto/base/unix_address.h"
 
 namespace sandlot::agent {
 
@@ -48,16 +49,6 @@ uint64_t monotonic_ms() {
     timespec ts{};
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1'000'000;
-}
-
-Result<sockaddr_un> unix_address(const std::string& path) {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (path.empty() || path.size() >= sizeof addr.sun_path) {
-        return make_error("unix socket path too long or empty: " + path);
-    }
-    std::memcpy(addr.sun_path, path.data(), path.size());
-    return addr;
 }
 
 }  // namespace

@@ -4,21 +4,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <cstring>
+#include "proto/base/unix_address.h"
 
 namespace sandlot::host {
-
-namespace {
-
-Result<sockaddr_un> unix_address(const std::string& path) {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (path.size() >= sizeof(addr.sun_path)) return make_error("socket path too long: " + path);
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    return addr;
-}
-
-}  // namespace
 
 Result<UniqueFd> vsock_uds_connect(const std::string& uds_path, uint32_t port) {
     auto addr = TRY(unix_address(uds_path));

@@ -7,19 +7,11 @@
 #include <charconv>
 #include <cstring>
 
+#include "proto/base/unix_address.h"
+
 namespace sandlot::vmm::vsock {
 
 namespace {
-
-Result<sockaddr_un> unix_address(const std::string& path) {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-        return make_error("unix socket path too long or empty: " + path);
-    }
-    std::memcpy(addr.sun_path, path.data(), path.size());
-    return addr;
-}
 
 Result<UniqueFd> unix_socket() {
     UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
