@@ -100,4 +100,16 @@ class Reader {
     size_t offset_ = 0;
 };
 
+// Names the message in a decode error: "decode EXEC_START: read past end ...".
+template <class T>
+Result<T> decoding(const char* message_name, Result<T> result) {
+    if (!result) return std::unexpected(with_context(result.error(), std::string("decode ") + message_name));
+    return result;
+}
+
+// The payload of a message whose encoder writes a bounded amount, far below the frame limit.
+inline std::vector<uint8_t> finish_small(Writer&& writer) {
+    return std::move(writer).finish().value();
+}
+
 }  // namespace sandlot::proto

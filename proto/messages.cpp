@@ -12,17 +12,6 @@ std::string_view clamp(std::string_view s, size_t max) {
     return s.substr(0, std::min(s.size(), max));
 }
 
-// Every encoder here writes a bounded amount (strings are clamped), far below the frame limit.
-std::vector<uint8_t> finish_small(Writer&& writer) {
-    return std::move(writer).finish().value();
-}
-
-template <class T>
-Result<T> with_name(Result<T> result, const char* name) {
-    if (!result) return std::unexpected(with_context(result.error(), std::string("decode ") + name));
-    return result;
-}
-
 }  // namespace
 
 std::string message_type_name(uint16_t type) {
@@ -39,10 +28,74 @@ std::string message_type_name(uint16_t type) {
             return "SHUTDOWN_ACK";
         case MessageType::Error:
             return "ERROR";
+        case MessageType::ExecStart:
+            return "EXEC_START";
+        case MessageType::ExecStarted:
+            return "EXEC_STARTED";
+        case MessageType::Stdin:
+            return "STDIN";
+        case MessageType::StdinClose:
+            return "STDIN_CLOSE";
+        case MessageType::Stdout:
+            return "STDOUT";
+        case MessageType::Stderr:
+            return "STDERR";
+        case MessageType::OutputEof:
+            return "OUTPUT_EOF";
+        case MessageType::Window:
+            return "WINDOW";
+        case MessageType::Signal:
+            return "SIGNAL";
+        case MessageType::Resize:
+            return "RESIZE";
+        case MessageType::Exit:
+            return "EXIT";
     }
     char buf[8];
     std::snprintf(buf, sizeof buf, "0x%04x", type);
     return buf;
+}
+
+std::string feature_name(uint64_t bit) {
+    switch (bit) {
+        case kFeatureExec:
+            return "exec";
+        case kFeaturePty:
+            return "pty";
+        case kFeatureExecUser:
+            return "exec as another user";
+        case kFeatureExecRlimits:
+            return "exec rlimits";
+        case kFeatureExecTimeout:
+            return "exec timeout";
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "feature 0x%llx", static_cast<unsigned long long>(bit));
+    return buf;
+}
+
+std::string spawn_error_kind_name(uint32_t kind) {
+    switch (static_cast<SpawnErrorKind>(kind)) {
+        case SpawnErrorKind::None:
+            return "failed";
+        case SpawnErrorKind::NotFound:
+            return "not found";
+        case SpawnErrorKind::PermissionDenied:
+            return "permission denied";
+        case SpawnErrorKind::NotExecutable:
+            return "not executable";
+        case SpawnErrorKind::BadCwd:
+            return "bad working directory";
+        case SpawnErrorKind::BadUser:
+            return "bad user";
+        case SpawnErrorKind::ResourceLimit:
+            return "resource limit";
+        case SpawnErrorKind::PtySetup:
+            return "PTY setup failed";
+        case SpawnErrorKind::BadRequest:
+            return "bad request";
+    }
+    return "error kind " + std::to_string(kind);
 }
 
 std::vector<uint8_t> encode(const Hello& msg) {
@@ -57,6 +110,9 @@ std::vector<uint8_t> encode(const Hello& msg) {
     w.u32(msg.cpus_online);
     w.u64(msg.mem_total_kib);
     w.string(clamp(msg.kernel_release, kMaxShortString));
+    w.u32(msg.max_frame_payload);
+    w.u32(msg.max_streams);
+    w.u32(msg.stdin_window);
     return finish_small(std::move(w));
 }
 
@@ -73,11 +129,15 @@ static Result<Hello> decode_hello_fields(std::span<const uint8_t> payload) {
     msg.cpus_online = TRY(r.u32());
     msg.mem_total_kib = TRY(r.u64());
     msg.kernel_release = TRY(r.string());
+    if (r.remaining() == 0) return msg;  // a protocol 1.0 agent
+    msg.max_frame_payload = TRY(r.u32());
+    msg.max_streams = TRY(r.u32());
+    msg.stdin_window = TRY(r.u32());
     return msg;
 }
 
 Result<Hello> decode_hello(std::span<const uint8_t> payload) {
-    return with_name(decode_hello_fields(payload), "HELLO");
+    return decoding("HELLO", decode_hello_fields(payload));
 }
 
 std::vector<uint8_t> encode(const Ping& msg) {
@@ -88,7 +148,7 @@ std::vector<uint8_t> encode(const Ping& msg) {
 
 Result<Ping> decode_ping(std::span<const uint8_t> payload) {
     Reader r(payload);
-    auto nonce = with_name(r.u64(), "PING");
+    auto nonce = decoding("PING", r.u64());
     if (!nonce) return std::unexpected(nonce.error());
     return Ping{*nonce};
 }
@@ -101,7 +161,7 @@ std::vector<uint8_t> encode(const Pong& msg) {
 
 Result<Pong> decode_pong(std::span<const uint8_t> payload) {
     Reader r(payload);
-    auto nonce = with_name(r.u64(), "PONG");
+    auto nonce = decoding("PONG", r.u64());
     if (!nonce) return std::unexpected(nonce.error());
     return Pong{*nonce};
 }
@@ -124,6 +184,7 @@ std::vector<uint8_t> encode(const ErrorMessage& msg) {
     w.u32(msg.code);
     w.i32(msg.errno_value);
     w.string(clamp(msg.message, kMaxErrorMessage));
+    w.u32(msg.kind);
     return finish_small(std::move(w));
 }
 
@@ -133,11 +194,13 @@ static Result<ErrorMessage> decode_error_fields(std::span<const uint8_t> payload
     msg.code = TRY(r.u32());
     msg.errno_value = TRY(r.i32());
     msg.message = TRY(r.string());
+    if (r.remaining() == 0) return msg;  // a protocol 1.0 peer
+    msg.kind = TRY(r.u32());
     return msg;
 }
 
 Result<ErrorMessage> decode_error(std::span<const uint8_t> payload) {
-    return with_name(decode_error_fields(payload), "ERROR");
+    return decoding("ERROR", decode_error_fields(payload));
 }
 
 Frame make_frame(MessageType type, uint32_t stream_id, std::vector<uint8_t> payload) {

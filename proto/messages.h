@@ -10,8 +10,11 @@
 //
 // Type numbering leaves room per feature:
 //   0x0001-0x00ff  control (this file)
-//   0x0100-0x01ff  exec / PTY sessions (reserved)
+//   0x0100-0x01ff  exec / PTY sessions (proto/exec.h)
 //   0x0200-0x02ff  file transfer (reserved)
+//
+// Stream 0 is the control stream. Other stream ids are picked by the host when it opens a session
+// (EXEC_START) and stay bound to it until the session's terminal frame (EXIT, or ERROR on that stream).
 #pragma once
 
 #include <cstdint>
@@ -33,13 +36,33 @@ enum class MessageType : uint16_t {
     Shutdown = 0x0004,
     ShutdownAck = 0x0005,
     Error = 0x0006,
+
+    ExecStart = 0x0101,
+    ExecStarted = 0x0102,
+    Stdin = 0x0103,
+    StdinClose = 0x0104,
+    Stdout = 0x0105,
+    Stderr = 0x0106,
+    OutputEof = 0x0107,
+    Window = 0x0108,
+    Signal = 0x0109,
+    Resize = 0x010a,
+    Exit = 0x010b,
 };
 
 // "HELLO", "PING", ... or "0x1234" for a type this build does not know. For logs.
 std::string message_type_name(uint16_t type);
 
-// Feature bits advertised in Hello::features (none are defined yet; later features add kFeature* constants
-// here). A peer must ignore bits it does not know.
+// Feature bits advertised in Hello::features. A peer must ignore bits it does not know; the host refuses an
+// operation whose bit the agent lacks, before sending anything.
+inline constexpr uint64_t kFeatureExec = 1u << 0;         // EXEC_START with pipes, signals, WINDOW, EXIT
+inline constexpr uint64_t kFeaturePty = 1u << 1;          // kExecPty and RESIZE
+inline constexpr uint64_t kFeatureExecUser = 1u << 2;     // ExecStart::user
+inline constexpr uint64_t kFeatureExecRlimits = 1u << 3;  // ExecStart::rlimits
+inline constexpr uint64_t kFeatureExecTimeout = 1u << 4;  // ExecStart::timeout_ms
+
+// "exec", "pty", ... for one bit; for error messages.
+std::string feature_name(uint64_t bit);
 
 // Sent by the agent as the first frame of every connection.
 struct Hello {
@@ -55,6 +78,10 @@ struct Hello {
     uint32_t cpus_online = 0;
     uint64_t mem_total_kib = 0;
     std::string kernel_release;  // uname -r
+    // Appended in protocol 1.1 (0 from a 1.0 agent):
+    uint32_t max_frame_payload = 0;  // largest payload the agent accepts (kMaxFramePayload)
+    uint32_t max_streams = 0;        // sessions that may be open at once on one connection
+    uint32_t stdin_window = 0;       // credit each stream's STDIN starts with (also in EXEC_STARTED)
 
     bool operator==(const Hello&) const = default;
 };
@@ -88,7 +115,24 @@ enum class ErrorCode : uint32_t {
     Malformed = 2,    // payload could not be decoded; the connection stays usable
     Protocol = 3,     // framing violated (e.g. oversized length); the sender closes the connection
     Failed = 4,       // the request was understood but failed; errno_value says why where it can
+    SpawnFailed = 5,  // EXEC_START could not start the process; ErrorMessage::kind says why
 };
+
+// Why a process could not be started (ErrorMessage::kind with ErrorCode::SpawnFailed).
+enum class SpawnErrorKind : uint32_t {
+    None = 0,
+    NotFound = 1,          // argv[0] not in PATH / no such file (shell convention: exit 127)
+    PermissionDenied = 2,  // EACCES on the program (126)
+    NotExecutable = 3,     // ENOEXEC, a directory, bad ELF (126)
+    BadCwd = 4,            // cwd missing or not a directory
+    BadUser = 5,           // user not in /etc/passwd, bad uid:gid
+    ResourceLimit = 6,     // fork/pipe failed (EAGAIN, EMFILE, ENOMEM) or an rlimit could not be set
+    PtySetup = 7,          // openpt/TIOCSCTTY failed
+    BadRequest = 8,        // argv empty, a NUL in a string, a limit broken
+};
+
+// "not found", "permission denied", ...
+std::string spawn_error_kind_name(uint32_t kind);
 
 // A frame could not be handled. Carries the stream id of the offending frame.
 struct ErrorMessage {
@@ -97,6 +141,7 @@ struct ErrorMessage {
     uint32_t code = 0;        // an ErrorCode; unknown codes must be accepted
     int32_t errno_value = 0;  // errno behind the failure, 0 if none
     std::string message;      // one line for humans
+    uint32_t kind = 0;        // appended in 1.1: a SpawnErrorKind for SpawnFailed, else 0
 
     bool operator==(const ErrorMessage&) const = default;
 };

@@ -15,7 +15,7 @@
 namespace sandlot::proto {
 
 inline constexpr uint16_t kProtocolMajor = 1;
-inline constexpr uint16_t kProtocolMinor = 0;
+inline constexpr uint16_t kProtocolMinor = 1;  // 1.1: exec sessions, HELLO limits, ERROR kind
 
 // The sandlot release the agent was built from, e.g. "0.1.0".
 inline constexpr std::string_view kAgentVersion = SANDLOT_VERSION;

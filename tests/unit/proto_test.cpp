@@ -40,6 +40,9 @@ Hello sample_hello() {
     h.cpus_online = 4;
     h.mem_total_kib = 0x40000;
     h.kernel_release = "6.1.0";
+    h.max_frame_payload = 0x100000;
+    h.max_streams = 1024;
+    h.stdin_window = 0x40000;
     return h;
 }
 
@@ -56,8 +59,13 @@ const Bytes kSampleHelloPayload = concat({
     {0x04, 0x00, 0x00, 0x00},                          // cpus_online
     {0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00},  // mem_total_kib
     {0x05, 0x00, 0x00, 0x00},
-    ascii("6.1.0"),  // kernel_release
+    ascii("6.1.0"),            // kernel_release
+    {0x00, 0x00, 0x10, 0x00},  // max_frame_payload (1.1)
+    {0x00, 0x04, 0x00, 0x00},  // max_streams (1.1)
+    {0x00, 0x00, 0x04, 0x00},  // stdin_window (1.1)
 });
+// The fields a protocol 1.0 agent sends: everything before max_frame_payload.
+constexpr size_t kHelloV10Size = 12 + 4 + 5 + 8 * 3 + 4 + 8 + 4 + 5;
 
 Bytes encoded(const Frame& frame) {
     return encode_frame(frame).value();
@@ -119,10 +127,20 @@ TEST(ProtoMessages, ShutdownFramesGoldenBytes) {
 
 TEST(ProtoMessages, ErrorGoldenBytes) {
     ErrorMessage error{static_cast<uint32_t>(ErrorCode::Unsupported), -2, "no"};
-    EXPECT_EQ(encode(error), (Bytes{0x01, 0x00, 0x00, 0x00,  // code
-                                    0xfe, 0xff, 0xff, 0xff,  // errno -2
-                                    0x02, 0x00, 0x00, 0x00, 'n', 'o'}));
+    EXPECT_EQ(encode(error),
+              (Bytes{0x01, 0x00, 0x00, 0x00,                                       // code
+                     0xfe, 0xff, 0xff, 0xff,                                       // errno -2
+                     0x02, 0x00, 0x00, 0x00, 'n', 'o', 0x00, 0x00, 0x00, 0x00}));  // kind (1.1)
     EXPECT_EQ(make_frame(error).type, 0x0006);
+}
+
+TEST(ProtoMessages, OlderPeersDecodeWithDefaults) {
+    // A 1.0 agent's HELLO has no limits; a 1.0 ERROR has no kind.
+    Hello old = sample_hello();
+    old.max_frame_payload = old.max_streams = old.stdin_window = 0;
+    EXPECT_EQ(decode_hello(std::span(kSampleHelloPayload).first(kHelloV10Size)).value(), old);
+    Bytes v10_error = {0x04, 0, 0, 0, 0x0d, 0, 0, 0, 0x01, 0, 0, 0, 'x'};
+    EXPECT_EQ(decode_error(v10_error).value(), (ErrorMessage{4, 13, "x", 0}));
 }
 
 TEST(ProtoMessages, HelloGoldenBytes) {
@@ -152,6 +170,7 @@ TEST(ProtoMessages, RoundTrips) {
 
 TEST(ProtoMessages, HelloTruncatedAtEveryOffsetFails) {
     for (size_t n = 0; n < kSampleHelloPayload.size(); ++n) {
+        if (n == kHelloV10Size) continue;  // a complete 1.0 HELLO
         auto hello = decode_hello(std::span(kSampleHelloPayload).first(n));
         EXPECT_FALSE(hello) << "decoded a HELLO cut to " << n << " bytes";
         if (!hello) {
@@ -182,11 +201,13 @@ TEST(ProtoMessages, TypeNames) {
     EXPECT_EQ(message_type_name(0x0001), "HELLO");
     EXPECT_EQ(message_type_name(0x0005), "SHUTDOWN_ACK");
     EXPECT_EQ(message_type_name(0x1234), "0x1234");
+    EXPECT_EQ(message_type_name(0x0101), "EXEC_START");
+    EXPECT_EQ(message_type_name(0x010b), "EXIT");
 }
 
-TEST(ProtoVersion, IsOneZeroAndCarriesTheProjectVersion) {
+TEST(ProtoVersion, IsOneOneAndCarriesTheProjectVersion) {
     EXPECT_EQ(kProtocolMajor, 1);
-    EXPECT_EQ(kProtocolMinor, 0);
+    EXPECT_EQ(kProtocolMinor, 1);
     EXPECT_FALSE(kAgentVersion.empty());
     EXPECT_NE(kAgentVersion.find('.'), std::string_view::npos);
 }
