@@ -6,6 +6,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agentd/exec_limits.h"
+#include "proto/exec.h"
 #include "proto/version.h"
 
 namespace sandlot::agent {
@@ -45,13 +47,17 @@ proto::Hello build_hello(const AgentTimes& times) {
     proto::Hello hello;
     hello.protocol_major = proto::kProtocolMajor;
     hello.protocol_minor = proto::kProtocolMinor;
-    hello.features = 0;
+    hello.features = proto::kFeatureExec | proto::kFeaturePty | proto::kFeatureExecUser |
+                     proto::kFeatureExecRlimits | proto::kFeatureExecTimeout;
     hello.agent_version = std::string(proto::kAgentVersion);
     hello.agent_start_ns = times.start_ns;
     hello.agent_ready_ns = times.ready_ns;
     hello.cpus_online = cpus_online();
     hello.mem_total_kib = mem_total_kib();
     hello.kernel_release = kernel_release();
+    hello.max_frame_payload = proto::kMaxFramePayload;
+    hello.max_streams = kMaxStreams;
+    hello.stdin_window = kStdinWindow;
     hello.hello_ns = boottime_ns();
     return hello;
 }

@@ -5,19 +5,26 @@
 // until SHUTDOWN or an init power-off signal, then syncs and restarts the VM (the VMM's "done"). argv is
 // ignored in this mode: the kernel hands init whatever command-line words it did not recognise.
 //
-// Otherwise it is a plain process for tests and manual use, serving the same protocol without touching the
-// system; SHUTDOWN or SIGTERM make it exit 0:
+// Given --listen-unix, --listen-vsock or --notify-unix it is a plain process for tests and manual use (even
+// as PID 1, e.g. under `unshare --pid --fork`), serving the same protocol without touching the system. It is
+// then a child subreaper, so orphans of the processes it runs are reaped by it. SHUTDOWN or SIGTERM make it
+// exit 0:
 //   agentd --listen-unix PATH | --listen-vsock PORT  [--notify-unix PATH]   (each may repeat)
+#include <fcntl.h>
 #include <linux/vm_sockets.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "agentd/exec_service.h"
 #include "agentd/hello.h"
 #include "agentd/init.h"
 #include "agentd/log.h"
@@ -27,12 +34,50 @@
 namespace sandlot::agent {
 namespace {
 
+// Every exec stream holds a few fds: lift the agent's soft limit (and, where allowed, the hard one) so
+// max_streams fit. Returns the limit the agent started with, which its children get back.
+std::optional<rlimit> raise_fd_limit() {
+    rlimit original{};
+    if (getrlimit(RLIMIT_NOFILE, &original) != 0) return std::nullopt;
+    constexpr rlim_t kWanted = 1 << 16;
+    rlimit raised = original;
+    if (raised.rlim_max != RLIM_INFINITY && raised.rlim_max < kWanted) {
+        rlimit bigger{kWanted, kWanted};
+        if (setrlimit(RLIMIT_NOFILE, &bigger) == 0) return original;  // allowed for root (CAP_SYS_RESOURCE)
+    }
+    raised.rlim_cur = raised.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) != 0) log_line("cannot raise RLIMIT_NOFILE");
+    return original;
+}
+
+bool wants_host_mode(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        if (arg == "--listen-unix" || arg == "--listen-vsock" || arg == "--notify-unix") return true;
+    }
+    return false;
+}
+
+// Pipes created later must not land on 0/1/2, or a child's dup2 onto its stdio would clobber them.
+void ensure_stdio_open() {
+    for (int fd = 0; fd <= 2; ++fd) {
+        if (fcntl(fd, F_GETFD) >= 0) continue;
+        int null_fd = open("/dev/null", O_RDWR);
+        if (null_fd >= 0 && null_fd != fd) {
+            dup2(null_fd, fd);
+            close(null_fd);
+        }
+    }
+}
+
 [[noreturn]] void run_as_init(uint64_t start_ns) {
     setup_pid1();
     BootOptions options = parse_kernel_cmdline(read_kernel_cmdline());
+    auto child_nofile = raise_fd_limit();
 
     auto server = Server::create(start_ns);
     if (!server) power_off("cannot start: " + server.error().to_string());
+    auto exec = ExecService::install(**server, ExecConfig{{}, child_nofile});
 
     bool reachable = true;
     if (auto ok = (*server)->listen_vsock(options.port); !ok) {
@@ -100,11 +145,17 @@ int run_host_mode(int argc, char** argv, uint64_t start_ns) {
         return 2;
     }
 
+    ensure_stdio_open();
+    auto child_nofile = raise_fd_limit();
+    // Orphans of the commands we run are re-parented to us (not to init) and reaped by the server's loop.
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) log_line("PR_SET_CHILD_SUBREAPER failed");
+
     auto server = Server::create(start_ns);
     if (!server) {
         log_line(server.error().to_string());
         return 1;
     }
+    auto exec = ExecService::install(**server, ExecConfig{{}, child_nofile});
     for (const auto& path : listen_unix) {
         if (auto ok = (*server)->listen_unix(path); !ok) {
             log_line(ok.error().to_string());
@@ -137,6 +188,6 @@ int run_host_mode(int argc, char** argv, uint64_t start_ns) {
 int main(int argc, char** argv) {
     // First thing: this is the closest the agent can get to "kernel finished booting".
     uint64_t start_ns = sandlot::agent::boottime_ns();
-    if (getpid() == 1) sandlot::agent::run_as_init(start_ns);
+    if (getpid() == 1 && !sandlot::agent::wants_host_mode(argc, argv)) sandlot::agent::run_as_init(start_ns);
     return sandlot::agent::run_host_mode(argc, argv, start_ns);
 }

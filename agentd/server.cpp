@@ -66,14 +66,42 @@ void Connection::send(const proto::Frame& frame) {
         return;
     }
     output_.insert(output_.end(), bytes->begin(), bytes->end());
-    // Written when the server has finished the current event (the replies to one read leave in one send()),
-    // or on EPOLLOUT if this connection is not the one being served.
-    update_interest();
+    queue_flush();
 }
 
-void Connection::send_error(uint32_t stream_id, proto::ErrorCode code, int errno_value, std::string message) {
-    proto::ErrorMessage error{static_cast<uint32_t>(code), errno_value, std::move(message)};
+void Connection::send_data(proto::MessageType type, uint32_t stream_id, std::span<const uint8_t> payload) {
+    if (dead_) return;
+    if (payload.size() > proto::kMaxFramePayload) {
+        log_line(name_ + ": dropping oversized " + proto::message_type_name(static_cast<uint16_t>(type)));
+        return;
+    }
+    std::array<uint8_t, proto::kFrameHeaderSize> header;
+    proto::encode_header({static_cast<uint32_t>(payload.size()), stream_id, static_cast<uint16_t>(type), 0},
+                         header);
+    output_.insert(output_.end(), header.begin(), header.end());
+    output_.insert(output_.end(), payload.begin(), payload.end());
+    queue_flush();
+}
+
+// Written when the server has finished the current batch of events (the replies to one read leave in one
+// send()); flush() asks for EPOLLOUT only if the socket could not take everything.
+void Connection::queue_flush() {
+    if (!flush_queued_) {
+        flush_queued_ = true;
+        server_.to_flush_.push_back(id_);
+    }
+}
+
+void Connection::send_error(uint32_t stream_id, proto::ErrorCode code, int errno_value, std::string message,
+                            uint32_t kind) {
+    proto::ErrorMessage error{static_cast<uint32_t>(code), errno_value, std::move(message), kind};
     send(proto::make_frame(error, stream_id));
+}
+
+bool Connection::congested() {
+    if (pending_output() < Server::kOutputHighWater) return false;
+    drain_wanted_ = true;
+    return true;
 }
 
 void Connection::close_after_flush() {
@@ -102,6 +130,10 @@ void Connection::flush() {
         output_sent_ = 0;
     }
     update_interest();
+    if (drain_wanted_ && !dead_ && pending_output() < Server::kOutputHighWater) {
+        drain_wanted_ = false;
+        if (server_.output_drained_) server_.output_drained_(*this);
+    }
 }
 
 void Connection::update_interest() {
@@ -166,6 +198,48 @@ Result<uint64_t> Server::watch(int fd, uint32_t events) {
     ev.data.u64 = id;
     if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return errno_error("epoll_ctl add");
     return id;
+}
+
+Result<uint64_t> Server::watch_fd(int fd, uint32_t events, FdHandler on_event) {
+    uint64_t id = next_id_++;
+    FdWatch watch{fd, events, false, std::make_shared<FdHandler>(std::move(on_event))};
+    if (events != 0) {
+        epoll_event ev{};
+        ev.events = events;
+        ev.data.u64 = id;
+        if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return errno_error("epoll_ctl add");
+        watch.registered = true;
+    }
+    watches_.emplace(id, std::move(watch));
+    return id;
+}
+
+Result<void> Server::modify_fd(uint64_t id, uint32_t events) {
+    auto it = watches_.find(id);
+    if (it == watches_.end()) return make_error("modify_fd: unknown watch " + std::to_string(id));
+    FdWatch& watch = it->second;
+    if (events == watch.events) return {};
+    if (events == 0) {
+        if (watch.registered && epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, watch.fd, nullptr) != 0)
+            return errno_error("epoll_ctl del");
+        watch.registered = false;
+    } else {
+        epoll_event ev{};
+        ev.events = events;
+        ev.data.u64 = id;
+        int op = watch.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+        if (epoll_ctl(epoll_.get(), op, watch.fd, &ev) != 0) return errno_error("epoll_ctl");
+        watch.registered = true;
+    }
+    watch.events = events;
+    return {};
+}
+
+void Server::unwatch_fd(uint64_t id) {
+    auto it = watches_.find(id);
+    if (it == watches_.end()) return;
+    if (it->second.registered) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.fd, nullptr);
+    watches_.erase(it);  // a handler running right now keeps its own reference (see run())
 }
 
 void Server::set_handler(proto::MessageType type, Handler handler) {
@@ -294,6 +368,7 @@ void Server::greet(Connection& conn) {
 void Server::drop_connection(uint64_t id) {
     auto it = connections_.find(id);
     if (it == connections_.end()) return;
+    if (connection_closed_) connection_closed_(*it->second);
     epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd_.get(), nullptr);
     connections_.erase(it);
 }
@@ -424,7 +499,11 @@ Result<StopReason> Server::run() {
         }
         for (int i = 0; i < n && !stop_; ++i) {
             uint64_t id = events[i].data.u64;
-            if (id == signal_id_) {
+            if (auto watch = watches_.find(id); watch != watches_.end()) {
+                // The handler may unwatch (and so destroy) its own entry: hold a reference while it runs.
+                std::shared_ptr<FdHandler> handler = watch->second.handler;
+                (*handler)(events[i].events);
+            } else if (id == signal_id_) {
                 handle_signals();
             } else if (auto listener = listeners_.find(id); listener != listeners_.end()) {
                 accept_all(listener->second.get());
@@ -437,9 +516,24 @@ Result<StopReason> Server::run() {
                 }
             }
         }
+        flush_queued_connections();
     }
     drain_before_exit();
     return *stop_;
+}
+
+void Server::flush_queued_connections() {
+    // Flushing may run the output-drained hook, which may queue more: take the list first.
+    std::vector<uint64_t> ids;
+    ids.swap(to_flush_);
+    for (uint64_t id : ids) {
+        auto it = connections_.find(id);
+        if (it == connections_.end()) continue;
+        Connection& conn = *it->second;
+        conn.flush_queued_ = false;
+        conn.flush();
+        if (conn.dead_ || (conn.closing_ && conn.output_sent_ == conn.output_.size())) drop_connection(id);
+    }
 }
 
 void Server::drain_before_exit() {

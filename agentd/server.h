@@ -9,6 +9,10 @@
 //
 // Bounded resources: each connection buffers at most one incoming frame plus one read, and stops reading
 // while more than kOutputHighWater bytes of replies wait for a slow peer.
+//
+// Features with fds of their own (process pipes, PTYs, timers) put them on the same loop with watch_fd();
+// they learn about closed connections and drained output queues through hooks, so everything stays one
+// thread.
 #pragma once
 
 #include <sys/socket.h>
@@ -18,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -41,7 +46,15 @@ class Connection {
     // Queues a frame; never blocks. Bytes go out as the socket accepts them, starting once the server has
     // finished handling the current event (so the replies to one read leave in one write).
     void send(const proto::Frame& frame);
-    void send_error(uint32_t stream_id, proto::ErrorCode code, int errno_value, std::string message);
+    void send_error(uint32_t stream_id, proto::ErrorCode code, int errno_value, std::string message,
+                    uint32_t kind = 0);
+    // Queues a frame whose payload is copied straight from `payload` (no intermediate Frame); for bulk data.
+    void send_data(proto::MessageType type, uint32_t stream_id, std::span<const uint8_t> payload);
+    // Bytes queued but not yet written to the peer.
+    size_t pending_output() const { return output_.size() - output_sent_; }
+    // True while at least kOutputHighWater bytes wait for the peer: producers should pause. The server then
+    // calls the output-drained hook once the queue falls below that again.
+    bool congested();
     // Stop reading; close once everything queued has been written.
     void close_after_flush();
 
@@ -51,6 +64,7 @@ class Connection {
 
     void flush();
     void update_interest();
+    void queue_flush();
 
     Server& server_;
     uint64_t id_;
@@ -64,7 +78,9 @@ class Connection {
     bool dead_ = false;        // the socket failed; drop without flushing
     // Asked for SHUTDOWN: before power-off, wait (bounded) until the peer has read our reply and closed.
     bool await_peer_close_ = false;
-    uint32_t interest_ = 0;  // events currently registered with epoll
+    bool drain_wanted_ = false;  // a producer paused on congested(): tell it when the queue drains
+    bool flush_queued_ = false;  // listed in Server::to_flush_
+    uint32_t interest_ = 0;      // events currently registered with epoll
 };
 
 enum class StopReason {
@@ -79,6 +95,10 @@ class Server {
     using Handler = std::function<Result<void>(Server&, Connection&, const proto::Frame&)>;
     // Called for every reaped child (pid, wait status). Later features track their processes through it.
     using ChildExitHandler = std::function<void(pid_t, int)>;
+    // Called with the epoll events of a watched fd.
+    using FdHandler = std::function<void(uint32_t events)>;
+    // Called just before a connection is dropped (peer gone, protocol error) or when its output drains.
+    using ConnectionHook = std::function<void(Connection&)>;
 
     static constexpr size_t kOutputHighWater = 1 << 20;
     static constexpr size_t kMaxConnections = 256;
@@ -96,7 +116,20 @@ class Server {
     Result<void> connect_unix(const std::string& path);
 
     void set_handler(proto::MessageType type, Handler handler);
+    // The type is answered with ERROR{unsupported} again.
+    void remove_handler(proto::MessageType type) { handlers_.erase(static_cast<uint16_t>(type)); }
     void set_child_exit_handler(ChildExitHandler handler) { child_exit_ = std::move(handler); }
+    void set_connection_closed_handler(ConnectionHook hook) { connection_closed_ = std::move(hook); }
+    void set_output_drained_handler(ConnectionHook hook) { output_drained_ = std::move(hook); }
+
+    // Puts an fd the caller owns on the loop; on_event runs with the ready events. `events` may be 0 (not
+    // watched for now). Level-triggered. The caller must unwatch_fd() before closing the fd.
+    Result<uint64_t> watch_fd(int fd, uint32_t events, FdHandler on_event);
+    // Changes the events of a watched fd. 0 takes the fd out of the epoll set (so EPOLLHUP/EPOLLERR, which
+    // epoll reports regardless of the mask, cannot spin the loop while the owner is not interested).
+    Result<void> modify_fd(uint64_t id, uint32_t events);
+    // Safe to call from the fd's own handler; unknown ids are ignored.
+    void unwatch_fd(uint64_t id);
 
     // Serves until a SHUTDOWN or a stop signal, then gives queued replies (the SHUTDOWN_ACK) up to a second
     // to drain; the connection that sent SHUTDOWN is half-closed and waited on until its peer closes it, so
@@ -125,6 +158,14 @@ class Server {
     void drain_before_exit();
     void install_control_handlers();
     Result<uint64_t> watch(int fd, uint32_t events);  // registers fd with epoll under a fresh id
+    void flush_queued_connections();
+
+    struct FdWatch {
+        int fd = -1;
+        uint32_t events = 0;
+        bool registered = false;  // in the epoll set (events != 0)
+        std::shared_ptr<FdHandler> handler;
+    };
 
     UniqueFd epoll_;
     UniqueFd signal_fd_;
@@ -136,6 +177,10 @@ class Server {
     std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
     std::unordered_map<uint16_t, Handler> handlers_;
     ChildExitHandler child_exit_;
+    ConnectionHook connection_closed_;
+    ConnectionHook output_drained_;
+    std::unordered_map<uint64_t, FdWatch> watches_;
+    std::vector<uint64_t> to_flush_;  // connections that queued output during the current batch
     std::optional<StopReason> stop_;
 };
 

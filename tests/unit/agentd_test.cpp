@@ -191,7 +191,7 @@ TEST(Agentd, GreetsWithHello) {
     EXPECT_EQ(hello.protocol_major, proto::kProtocolMajor);
     EXPECT_EQ(hello.protocol_minor, proto::kProtocolMinor);
     EXPECT_EQ(hello.agent_version, proto::kAgentVersion);
-    EXPECT_EQ(hello.features, 0u);
+    EXPECT_TRUE(hello.features & proto::kFeatureExec);  // exec details: agentd_exec_test.cpp
     EXPECT_GT(hello.cpus_online, 0u);
     EXPECT_GT(hello.mem_total_kib, 0u);
     EXPECT_FALSE(hello.kernel_release.empty());

@@ -16,9 +16,11 @@ Bytes concat(std::initializer_list<Bytes> parts) {
     return out;
 }
 
+// A short string field: u32 length, then the bytes.
 Bytes str(std::string_view s) {
     Bytes out = {static_cast<uint8_t>(s.size()), 0, 0, 0};
-    out.insert(out.end(), s.begin(), s.end());
+    for (char c : s)
+        out.push_back(static_cast<uint8_t>(c));
     return out;
 }
 
