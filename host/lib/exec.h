@@ -1,4 +1,5 @@
 // Running processes in a sandbox: the host side of proto/exec.h.
+// (Members carry explicit initializers so designated initializers may leave them out under -Wextra.)
 //
 //   AgentConnection& agent = sandbox->agent();
 //   auto out = TRY(agent.exec({.argv = {"uname", "-a"}}));            // collect everything
@@ -26,21 +27,21 @@
 namespace sandlot::host {
 
 struct ExecRequest {
-    std::vector<std::string> argv;
-    std::vector<std::string> env;  // "KEY=VALUE", merged over the sandbox's default environment
-    std::string cwd;               // "" = the user's home directory
-    std::string user;              // "" = root; a name, "uid" or "uid:gid"
-    bool pty = false;              // a PTY as controlling terminal; stderr is merged into stdout
-    bool stdin_open = false;       // the caller writes stdin (write_stdin/close_stdin); else /dev/null
+    std::vector<std::string> argv{};
+    std::vector<std::string> env{};  // "KEY=VALUE", merged over the sandbox's default environment
+    std::string cwd{};               // "" = the user's home directory
+    std::string user{};              // "" = root; a name, "uid" or "uid:gid"
+    bool pty = false;                // a PTY as controlling terminal; stderr is merged into stdout
+    bool stdin_open = false;         // the caller writes stdin (write_stdin/close_stdin); else /dev/null
     uint16_t rows = 24, cols = 80;
-    std::vector<proto::Rlimit> rlimits;
+    std::vector<proto::Rlimit> rlimits{};
     std::chrono::milliseconds timeout{0};  // 0 = none; the process group is killed after it
 };
 
 struct SpawnFailure {
     proto::SpawnErrorKind kind = proto::SpawnErrorKind::None;
     int errno_value = 0;
-    std::string message;  // one line, names the program / cwd / user
+    std::string message{};  // one line, names the program / cwd / user
 };
 
 struct ExitStatus {
@@ -48,8 +49,8 @@ struct ExitStatus {
     int signal = 0;      // when a signal killed it
     bool core_dumped = false;
     bool timed_out = false;
-    bool output_abandoned = false;              // background processes still held stdout/stderr at exit
-    std::optional<SpawnFailure> spawn_failure;  // it never started
+    bool output_abandoned = false;                // background processes still held stdout/stderr at exit
+    std::optional<SpawnFailure> spawn_failure{};  // it never started
 
     // What a shell's $? would be: the exit code, 128+signal, 127 not found, 126 cannot execute, 125 other
     // spawn failures.
@@ -60,11 +61,12 @@ struct ExitStatus {
 // host, since more is granted only as recv() hands data to the caller.
 inline constexpr uint32_t kOutputWindow = 1u << 20;
 
-// Extras for AgentConnection::exec(), which collects everything into memory.
+// Extras for AgentConnection::exec(), which collects everything into memory. (A request with stdin_open
+// but no stdin_data gets its stdin closed at once.)
 struct ExecOptions {
-    std::optional<std::string> stdin_data;  // written to the process, then closed (implies stdin_open)
-    size_t max_output = 64u << 20;          // stdout+stderr bytes kept; beyond this the process is killed
-                                            // and exec() fails
+    std::optional<std::string> stdin_data{};  // written to the process, then closed (implies stdin_open)
+    size_t max_output = 64u << 20;            // stdout+stderr bytes kept; beyond this the process is killed
+                                              // and exec() fails
 };
 
 struct ExecOutput {
@@ -76,8 +78,8 @@ struct ExecOutput {
 struct ExecEvent {
     enum class Kind { Stdout, Stderr, StdoutEof, StderrEof, Exit };
     Kind kind = Kind::Stdout;
-    std::vector<uint8_t> data;  // Stdout / Stderr
-    ExitStatus status;          // Exit
+    std::vector<uint8_t> data{};  // Stdout / Stderr
+    ExitStatus status{};          // Exit
 };
 
 // One running process. Thread-safe: one thread may recv() while others write stdin or send signals.

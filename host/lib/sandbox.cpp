@@ -130,7 +130,7 @@ Sandbox::~Sandbox() {
     }
 }
 
-Result<AgentConnection> Sandbox::connect() {
+Result<std::unique_ptr<AgentConnection>> Sandbox::connect() {
     return AgentConnection::open(TRY(vsock_uds_connect(vsock_uds_, kAgentPort)));
 }
 

@@ -50,7 +50,7 @@ class Sandbox {
     pid_t vmm_pid() const { return vmm_->pid(); }
 
     // A new connection to the agent through the vsock socket's CONNECT handshake.
-    Result<AgentConnection> connect();
+    Result<std::unique_ptr<AgentConnection>> connect();
 
     // Asks the agent to power off and waits for the VMM to exit; returns its exit status (0 = clean).
     Result<int> shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(30));
@@ -66,7 +66,7 @@ class Sandbox {
     std::string runtime_dir_;
     std::string vsock_uds_;
     std::optional<ChildProcess> vmm_;
-    std::optional<AgentConnection> agent_;
+    std::unique_ptr<AgentConnection> agent_;
     std::chrono::nanoseconds boot_to_agent_{0};
 };
 

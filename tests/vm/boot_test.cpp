@@ -70,7 +70,7 @@ TEST(Vsock, ManyConnectionsThroughTheConnectHandshake) {
     SKIP_WITHOUT_KVM();
     auto sandbox = host::Sandbox::boot(default_options());
     ASSERT_TRUE(sandbox) << sandbox.error().to_string();
-    std::vector<host::AgentConnection> connections;
+    std::vector<std::unique_ptr<host::AgentConnection>> connections;
     for (int i = 0; i < 8; ++i) {
         auto conn = (*sandbox)->connect();
         ASSERT_TRUE(conn) << conn.error().to_string();
@@ -78,7 +78,7 @@ TEST(Vsock, ManyConnectionsThroughTheConnectHandshake) {
     }
     for (int round = 0; round < 3; ++round) {
         for (auto& conn : connections) {
-            auto rtt = conn.ping();
+            auto rtt = conn->ping();
             ASSERT_TRUE(rtt) << rtt.error().to_string();
         }
     }
