@@ -100,6 +100,9 @@ struct ExecService::Session {
     uint64_t timeout_watch = 0;
     UniqueFd linger_fd;
     uint64_t linger_watch = 0;
+    // After exit: bytes the pipes held when the process was reaped (always delivered), and when they were.
+    uint64_t owed[2] = {0, 0};
+    uint64_t owed_done_ms = 0;
 
     int output_fd(int channel) const { return out[pty ? kStdout : channel].get(); }
     bool stdin_pending() const {
@@ -437,6 +440,7 @@ void ExecService::read_output(Session& s, int channel) {
         }
         s.credit -= static_cast<uint64_t>(n);
         s.last_output_ms = monotonic_ms();
+        s.owed[channel] -= std::min<uint64_t>(s.owed[channel], static_cast<uint64_t>(n));
         s.conn->send_data(data_type(channel), s.stream,
                           std::span<const uint8_t>(read_buffer_.data(), static_cast<size_t>(n)));
         if (static_cast<size_t>(n) < want) return;  // the pipe is (momentarily) empty
@@ -577,6 +581,13 @@ void ExecService::on_child_exit(pid_t pid, int status) {
         s->stdin_queue_off = 0;
         close_stdin_side(*s);
     }
+    // What the pipes hold now was written before the exit (by it or its children) and is always delivered.
+    for (int channel : {kStdout, kStderr}) {
+        int queued = 0;
+        if (s->pty && channel == kStderr) continue;  // one master, counted as stdout
+        if (s->out_open[channel] && ioctl(s->output_fd(channel), FIONREAD, &queued) == 0 && queued > 0)
+            s->owed[channel] = static_cast<uint64_t>(queued);
+    }
     // Usually the pipes are already at EOF (or hold the last bytes): look now rather than after a wakeup.
     for (int channel : {kStdout, kStderr}) {
         if (s->out_open[channel] && !(s->pty && channel == kStderr)) read_output(*s, channel);
@@ -624,7 +635,17 @@ void ExecService::on_linger_tick(uint64_t conn_id, uint32_t stream) {
         finish(*s, false);
         return;
     }
-    if (monotonic_ms() - s->last_output_ms < static_cast<uint64_t>(kExitLingerMs)) return;
+    uint64_t now = monotonic_ms();
+    // Background processes that keep writing (`yes &`) would hold the session open forever: once the output
+    // from before the exit is delivered, they get at most kBackgroundOutputMs more.
+    if (s->owed[kStdout] == 0 && s->owed[kStderr] == 0) {
+        if (s->owed_done_ms == 0) s->owed_done_ms = now;
+        if (now - s->owed_done_ms >= static_cast<uint64_t>(kBackgroundOutputMs)) {
+            finish(*s, true);
+            return;
+        }
+    }
+    if (now - s->last_output_ms < static_cast<uint64_t>(kExitLingerMs)) return;
     for (int channel : {kStdout, kStderr}) {
         if (!s->out_open[channel] || (s->pty && channel == kStderr)) continue;
         int queued = 0;

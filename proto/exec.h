@@ -20,6 +20,7 @@
 // Exit is not tied to output EOF: when the process exits, the agent forwards what its pipes still hold, and
 // once they are empty for a short linger (background children may keep them open) it closes them, sends
 // OUTPUT_EOF for each channel not yet at EOF and then EXIT. So `sh -c 'sleep 100 & echo hi'` ends promptly.
+// What the pipes held at exit is always delivered; background writers get at most about a second more.
 //
 // An ERROR on a non-zero stream ends that stream; for a failed spawn ErrorMessage::kind says why. If the
 // connection closes, the agent kills the process groups of all streams still open on it.

@@ -797,6 +797,20 @@ TEST_F(AgentExec, DaemonizingCommandReturnsPromptly) {
     EXPECT_LT(elapsed, 2s);
 }
 
+TEST_F(AgentExec, EndlessBackgroundWriterDoesNotHoldTheExitBack) {
+    Client client(agent_);
+    auto started = Clock::now();
+    // The output from before the exit arrives in full; the writer left behind gets a bounded grace period.
+    Outcome o = run(client, shell("head -c 300000 /dev/zero; yes & exit 5"));
+    auto elapsed = Clock::now() - started;
+    kill(-static_cast<pid_t>(o.pid), SIGKILL);  // the background yes
+    expect_exit(o, 5);
+    EXPECT_GE(o.out.size(), 300000u);
+    EXPECT_EQ(o.out.find_first_not_of('\0'), o.out.find('y'));  // zeros first, then yes's output
+    EXPECT_EQ(o.exit->output_abandoned, 1);
+    EXPECT_LT(elapsed, 4s);
+}
+
 TEST_F(AgentExec, ProcessClosingItsStdoutEarlyStillReportsItsExit) {
     Client client(agent_);
     Outcome o = run(client, shell("echo before; exec >&-; sleep 0.2; echo err >&2; exit 4"));
