@@ -3,7 +3,7 @@ BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
 
-.PHONY: all setup build build-asan demo test test-unit test-vm bench-boot asan format clean
+.PHONY: all setup build build-asan demo test test-unit test-vm bench-boot bench-exec fuzz asan format clean
 
 all: build
 
@@ -36,6 +36,16 @@ test-vm: build
 # Boot time against QEMU microvm on the same kernel and initramfs, and the VMM's own memory overhead.
 bench-boot: build
 	@benchmarks/boot/run $(BUILD)
+
+# Exec round trip and output throughput through agentd against native, first with agentd as a host process,
+# then in a sandbox (directly on hardware KVM, in the nested rig on PVM hosts).
+bench-exec: build
+	@benchmarks/exec/run $(BUILD)
+
+# The wire codec's libFuzzer target (clang-16, ASan + UBSan) for a longer run than the one in `make test`.
+FUZZ_TIME ?= 120
+fuzz: setup
+	@tools/fuzz --time $(FUZZ_TIME)
 
 # Only the AddressSanitizer + UndefinedBehaviorSanitizer build and its tests.
 asan: build-asan
