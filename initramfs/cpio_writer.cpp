@@ -54,13 +54,13 @@ void append_padding(std::vector<uint8_t>& out) {
 }
 
 void append_entry(std::vector<uint8_t>& out, const std::string& name, uint32_t ino, uint32_t mode,
-                  uint32_t nlink, uint32_t mtime, std::span<const uint8_t> data, uint32_t rdev_major,
-                  uint32_t rdev_minor) {
+                  uint32_t uid, uint32_t gid, uint32_t nlink, uint32_t mtime, std::span<const uint8_t> data,
+                  uint32_t rdev_major, uint32_t rdev_minor) {
     char header[kNewcHeaderSize + 1];
     std::snprintf(header, sizeof header, "070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x", ino,
-                  mode, 0u /* uid */, 0u /* gid */, nlink, mtime, static_cast<uint32_t>(data.size()),
-                  0u /* devmajor */, 0u /* devminor */, rdev_major, rdev_minor,
-                  static_cast<uint32_t>(name.size() + 1), 0u /* check */);
+                  mode, uid, gid, nlink, mtime, static_cast<uint32_t>(data.size()), 0u /* devmajor */,
+                  0u /* devminor */, rdev_major, rdev_minor, static_cast<uint32_t>(name.size() + 1),
+                  0u /* check */);
     // The archive is a byte stream, so every entry starts 4-aligned only because the previous one was padded.
     out.insert(out.end(), header, header + kNewcHeaderSize);
     out.insert(out.end(), name.begin(), name.end());
@@ -223,15 +223,24 @@ Result<void> CpioWriter::add_tree(std::string_view path, const std::string& sour
     return {};
 }
 
+Result<void> CpioWriter::set_owner(std::string_view path, uint32_t uid, uint32_t gid) {
+    std::string name = TRY(normalize_archive_path(path));
+    auto it = entries_.find(name);
+    if (it == entries_.end()) return make_error("set owner of " + std::string(path) + ": not in the archive");
+    it->second.uid = uid;
+    it->second.gid = gid;
+    return {};
+}
+
 std::vector<uint8_t> CpioWriter::finish() const {
     std::vector<uint8_t> out;
     uint32_t ino = 1;
     for (const auto& [name, entry] : entries_) {
         uint32_t nlink = S_ISDIR(entry.mode) ? 2 : 1;
-        append_entry(out, name, ino++, entry.mode, nlink, mtime_, entry.data, entry.rdev_major,
-                     entry.rdev_minor);
+        append_entry(out, name, ino++, entry.mode, entry.uid, entry.gid, nlink, mtime_, entry.data,
+                     entry.rdev_major, entry.rdev_minor);
     }
-    append_entry(out, "TRAILER!!!", 0, 0, 1, 0, {}, 0, 0);
+    append_entry(out, "TRAILER!!!", 0, 0, 0, 0, 1, 0, {}, 0, 0);
     return out;
 }
 

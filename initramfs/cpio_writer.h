@@ -6,8 +6,8 @@
 // entry ends the archive.
 //
 // Output is deterministic: entries are written sorted by path (so every parent directory precedes its
-// children; missing parents are created 0755), inode numbers count up from 1, uid/gid are 0 and every mtime
-// is the one given to the constructor.
+// children; missing parents are created 0755), inode numbers count up from 1, uid/gid are 0 unless
+// set_owner() says otherwise, and every mtime is the one given to the constructor.
 #pragma once
 
 #include <sys/types.h>
@@ -42,6 +42,9 @@ class CpioWriter {
     // and character devices, with their permission bits. Other file types are an error. `path` may be "/".
     Result<void> add_tree(std::string_view path, const std::string& source_dir);
 
+    // Gives an entry already added a numeric owner (every entry is root's otherwise).
+    Result<void> set_owner(std::string_view path, uint32_t uid, uint32_t gid);
+
     // The whole archive, trailer included.
     std::vector<uint8_t> finish() const;
 
@@ -51,6 +54,8 @@ class CpioWriter {
         std::vector<uint8_t> data;  // file contents or symlink target
         uint32_t rdev_major = 0;
         uint32_t rdev_minor = 0;
+        uint32_t uid = 0;
+        uint32_t gid = 0;
         bool implicit = false;  // a parent directory nobody asked for
     };
 

@@ -2,6 +2,7 @@
 //
 //   sandlot-mkinitramfs --output PATH [--compression none|gzip|zstd] [--file DEST=SRC[:MODE]]...
 //                       [--dir DEST[:MODE]]... [--symlink DEST=TARGET]... [--tree DEST=SRCDIR]...
+//                       [--owner DEST=UID:GID]...
 //
 // The archive always holds the skeleton the agent expects before it mounts anything: /dev, /dev/console
 // (so the kernel can give init a console), /proc, /sys, /tmp, /run and /root. Timestamps are 0, or
@@ -28,7 +29,7 @@ namespace {
 struct Options {
     std::string output;
     std::string compression = "gzip";
-    std::vector<std::string> files, dirs, symlinks, trees;
+    std::vector<std::string> files, dirs, symlinks, trees, owners;
 };
 
 // Splits "A=B" at the first '='; both sides must be non-empty.
@@ -90,6 +91,18 @@ Result<std::vector<uint8_t>> build_archive(const Options& options) {
         auto [dest, target] = TRY(split_assignment(spec, "--symlink"));
         TRY(cpio.add_symlink(dest, target));
     }
+    for (const auto& spec : options.owners) {
+        auto [dest, ids] = TRY(split_assignment(spec, "--owner"));
+        uint32_t uid = 0, gid = 0;
+        const char* end = ids.data() + ids.size();
+        auto [colon, ec1] = std::from_chars(ids.data(), end, uid);
+        auto [last, ec2] = ec1 == std::errc() && colon != end && *colon == ':'
+                               ? std::from_chars(colon + 1, end, gid)
+                               : std::from_chars_result{colon, std::errc::invalid_argument};
+        if (ec2 != std::errc() || last != end)
+            return make_error("bad --owner '" + spec + "' (want DEST=UID:GID)");
+        TRY(cpio.set_owner(dest, uid, gid));
+    }
     auto compression = TRY(parse_compression(options.compression));
     return compress(cpio.finish(), compression);
 }
@@ -130,6 +143,8 @@ int main(int argc, char** argv) {
     app.add_option("--dir", options.dirs, "DEST[:MODE]  a directory, 0755 unless MODE is given");
     app.add_option("--symlink", options.symlinks, "DEST=TARGET  a symbolic link");
     app.add_option("--tree", options.trees, "DEST=SRCDIR  SRCDIR's contents, recursively");
+    app.add_option("--owner", options.owners,
+                   "DEST=UID:GID  numeric owner of an entry added above (default 0:0)");
     CLI11_PARSE(app, argc, argv);
 
     auto archive = build_archive(options);

@@ -9,5 +9,6 @@ namespace sandlot::cli {
 using CommandRunner = std::function<int()>;
 
 CommandRunner add_boot_command(CLI::App& app);
+CommandRunner add_run_command(CLI::App& app);
 
 }  // namespace sandlot::cli

@@ -2,6 +2,8 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <map>
+#include <string>
 
 #include "host/cli/commands.h"
 
@@ -11,18 +13,26 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
     app.set_version_flag("--version", SANDLOT_VERSION);
 
-    auto boot = sandlot::cli::add_boot_command(app);
+    std::map<std::string, sandlot::cli::CommandRunner> commands = {
+        {"boot", sandlot::cli::add_boot_command(app)},
+        {"run", sandlot::cli::add_run_command(app)},
+    };
 
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
     } catch (const CLI::CallForVersion& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
+        // Like docker: 125 means sandlot itself failed (here: its command line), not a command in a sandbox.
         std::fprintf(stderr, "sandlot: error: %s\n", e.what());
-        return 2;
+        return 125;
     }
-    if (app.got_subcommand("boot")) return boot();
-    return 2;
+    for (auto& [name, run] : commands) {
+        if (app.got_subcommand(name)) return run();
+    }
+    return 125;
 }

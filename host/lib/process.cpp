@@ -25,7 +25,9 @@ Result<ChildProcess> ChildProcess::spawn(const std::vector<std::string>& argv,
         posix_spawn_file_actions_addopen(&actions, 1, log_path->c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         posix_spawn_file_actions_adddup2(&actions, 1, 2);
     }
-    // The child starts with default signal handling and an empty mask, whatever the caller set up.
+    // The child starts with default signal handling and an empty mask, whatever the caller set up, in a
+    // process group of its own: a Ctrl-C at the caller's terminal is the caller's to handle (sandlot run
+    // forwards it to the guest command), not a signal that should kill the VMM behind its back.
     posix_spawnattr_t attr;
     posix_spawnattr_init(&attr);
     sigset_t all, none;
@@ -33,7 +35,8 @@ Result<ChildProcess> ChildProcess::spawn(const std::vector<std::string>& argv,
     sigemptyset(&none);
     posix_spawnattr_setsigdefault(&attr, &all);
     posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
 
     pid_t pid = -1;
     int rc = posix_spawn(&pid, cargv[0], &actions, &attr, cargv.data(), environ);

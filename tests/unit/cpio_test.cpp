@@ -264,6 +264,20 @@ TEST(CpioWriter, AllEntryKindsThroughGnuCpio) {
     }
 }
 
+TEST(CpioWriter, OwnersThroughGnuCpio) {
+    TempDir tmp;
+    CpioWriter cpio;
+    ASSERT_TRUE(cpio.add_directory("/home/sandlot", 0755));
+    ASSERT_TRUE(cpio.set_owner("/home/sandlot", 1000, 100));
+    EXPECT_FALSE(cpio.set_owner("/not/there", 1, 1));
+    std::string archive = tmp / "a.cpio";
+    write_file(archive, cpio.finish());
+    Listing listing = list_archive(archive);
+    EXPECT_EQ(listing.entries["home/sandlot"].uid, "1000");
+    EXPECT_EQ(listing.entries["home/sandlot"].gid, "100");
+    EXPECT_EQ(listing.entries["home"].uid, "0");
+}
+
 TEST(CpioWriter, OutputIsDeterministicAndOrderIndependent) {
     CpioWriter a, b;
     ASSERT_TRUE(a.add_file("/x/1", bytes_of("one"), 0644));

@@ -1,6 +1,8 @@
 // The host library's child-process handle: exit statuses, timeouts, and ownership across moves.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <optional>
 
@@ -18,6 +20,16 @@ TEST(ChildProcess, ReportsExitStatusLikeAShell) {
     auto killed = ChildProcess::spawn({"/bin/sh", "-c", "kill -9 $$"});
     ASSERT_TRUE(killed);
     EXPECT_EQ(killed->wait(10s).value(), 128 + 9);
+}
+
+TEST(ChildProcess, RunsInAProcessGroupOfItsOwn) {
+    // A terminal's Ctrl-C reaches the caller's process group; the VMM must not be in it.
+    auto child = ChildProcess::spawn({"/bin/sleep", "100"});
+    ASSERT_TRUE(child);
+    EXPECT_EQ(getpgid(child->pid()), child->pid());
+    EXPECT_NE(getpgid(child->pid()), getpgrp());
+    child->kill(SIGKILL);
+    EXPECT_EQ(child->wait(10s).value(), 128 + SIGKILL);
 }
 
 TEST(ChildProcess, WaitTimesOutWhileRunningAndKillEndsIt) {

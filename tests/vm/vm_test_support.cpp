@@ -1,9 +1,15 @@
 #include "tests/vm/vm_test_support.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "host/lib/paths.h"
@@ -35,6 +41,118 @@ void expect_clean_shutdown(host::Sandbox& sandbox) {
     auto status = sandbox.shutdown();
     ASSERT_TRUE(status) << status.error().to_string();
     EXPECT_EQ(*status, 0) << "an orderly guest power-off must end sandlot-vmm with status 0";
+}
+
+namespace {
+
+// A "Vm...:" figure of a live process's /proc status in KiB; 0 once it is a zombie (its memory is gone).
+uint64_t vm_status_kib(pid_t pid, const std::string& field) {
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.starts_with(field + ":")) return std::strtoull(line.c_str() + field.size() + 1, nullptr, 10);
+    }
+    return 0;
+}
+
+uint64_t peak_rss_kib(pid_t pid) {
+    return vm_status_kib(pid, "VmHWM");
+}
+
+}  // namespace
+
+SandlotRun run_sandlot(const std::vector<std::string>& args, const SandlotRunOptions& options) {
+    SandlotRun run;
+    int in[2], out[2], err[2];
+    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+        run.err = "pipe failed";
+        return run;
+    }
+    std::vector<std::string> argv = {host::bin_dir() + "/sandlot"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto start = std::chrono::steady_clock::now();
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        dup2(err[1], 2);
+        for (const auto& e : options.env)
+            putenv(const_cast<char*>(e.c_str()));
+        std::vector<char*> cargv;
+        for (auto& a : argv)
+            cargv.push_back(a.data());
+        cargv.push_back(nullptr);
+        execv(cargv[0], cargv.data());
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    close(err[1]);
+    signal(SIGPIPE, SIG_IGN);
+    fcntl(in[1], F_SETFL, O_NONBLOCK);
+
+    size_t input_done = 0;
+    if (options.input.empty()) {
+        close(in[1]);
+        in[1] = -1;
+    }
+    std::vector<char> buffer(256 * 1024);
+    auto deadline = start + options.timeout;
+    bool killed = false;
+    std::optional<std::chrono::steady_clock::time_point> resume_reading;
+    while (out[0] >= 0 || err[0] >= 0) {
+        bool paused = resume_reading && std::chrono::steady_clock::now() < *resume_reading;
+        pollfd fds[3] = {{paused ? -1 : out[0], POLLIN, 0}, {err[0], POLLIN, 0}, {in[1], POLLOUT, 0}};
+        poll(fds, 3, 100);
+        run.peak_rss_kib = std::max(run.peak_rss_kib, peak_rss_kib(pid));
+        if (!killed && std::chrono::steady_clock::now() > deadline) {
+            kill(pid, SIGKILL);
+            killed = true;
+        }
+        if (fds[2].revents) {
+            ssize_t n = write(in[1], options.input.data() + input_done, options.input.size() - input_done);
+            if (n > 0) input_done += static_cast<size_t>(n);
+            if (n < 0 || input_done == options.input.size()) {
+                close(in[1]);
+                in[1] = -1;
+            }
+        }
+        for (int i = 0; i < 2; ++i) {
+            if (!fds[i].revents) continue;
+            int& fd = i == 0 ? out[0] : err[0];
+            ssize_t n = read(fd, buffer.data(), buffer.size());
+            if (n <= 0) {
+                close(fd);
+                fd = -1;
+                continue;
+            }
+            if (i == 1) {
+                run.err.append(buffer.data(), static_cast<size_t>(n));
+                continue;
+            }
+            if (run.stdout_bytes == 0) {
+                run.rss_at_first_output_kib = vm_status_kib(pid, "VmRSS");
+                resume_reading = std::chrono::steady_clock::now() + options.pause_after_first_output;
+            }
+            run.stdout_bytes += static_cast<uint64_t>(n);
+            if (options.keep_stdout) run.out.append(buffer.data(), static_cast<size_t>(n));
+            if (options.on_stdout) options.on_stdout(pid, run.out);
+        }
+    }
+    if (in[1] >= 0) close(in[1]);
+    int status = 0;
+    // The pipes are closed once sandlot exits: sample its memory until then.
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        run.peak_rss_kib = std::max(run.peak_rss_kib, peak_rss_kib(pid));
+        if (!killed && std::chrono::steady_clock::now() > deadline) {
+            kill(pid, SIGKILL);
+            killed = true;
+        }
+        usleep(20'000);
+    }
+    run.elapsed = std::chrono::steady_clock::now() - start;
+    run.status = killed ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return run;
 }
 
 std::string read_file(const std::string& path) {
