@@ -514,5 +514,34 @@ TEST_F(ExecVm, MalformedFramesLeaveTheAgentAlive) {
     EXPECT_EQ(out->stdout_data, "fresh\n");
 }
 
+// A fork bomb as root fills the guest's process table and memory; the agent (oom_score_adj -1000, forks that
+// fail become errors) must come out of it serving requests. Its own VM, so nothing else shares the damage.
+TEST(ExecHostile, ForkBombIsContainedAndTheAgentSurvives) {
+    SKIP_WITHOUT_KVM();
+    auto sandbox = host::Sandbox::boot(default_options());
+    ASSERT_TRUE(sandbox) << sandbox.error().to_string();
+    host::AgentConnection& agent = (*sandbox)->agent();
+    auto start = std::chrono::steady_clock::now();
+    auto bomb = agent.exec({.argv = {"sh", "-c", "b() { b | b & }; b; sleep 100"}, .timeout = 3s});
+    ASSERT_TRUE(bomb) << bomb.error().to_string();
+    EXPECT_TRUE(bomb->status.timed_out);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 90s);
+    // The whole group was killed: soon nothing of it is left, and the agent runs new commands.
+    host::ExecOutput after;
+    for (int attempt = 0; attempt < 30; ++attempt) {
+        auto count = agent.exec({.argv = {"sh", "-c", "ls -d /proc/[0-9]* | wc -l"}});
+        ASSERT_TRUE(count) << count.error().to_string();
+        after = *count;
+        if (after.status.exit_code == 0 && std::atoi(after.stdout_data.c_str()) < 50) break;
+        std::this_thread::sleep_for(1s);
+    }
+    EXPECT_EQ(after.status.exit_code, 0);
+    EXPECT_LT(std::atoi(after.stdout_data.c_str()), 50) << "processes left after the bomb";
+    auto alive = agent.exec({.argv = {"echo", "alive"}});
+    ASSERT_TRUE(alive) << alive.error().to_string();
+    EXPECT_EQ(alive->stdout_data, "alive\n");
+    expect_clean_shutdown(**sandbox);
+}
+
 }  // namespace
 }  // namespace sandlot::vmtest
