@@ -35,32 +35,19 @@
 #include "proto/exec.h"
 #include "proto/frame.h"
 #include "proto/messages.h"
+#include "tests/support/temp_dir.h"
 
 extern char** environ;
 
 namespace sandlot::agent::exec_test {
 namespace {
 
+using test::TempDir;
+
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 const std::string kAgentd = std::string(SANDLOT_BIN_DIR) + "/agentd";
-
-class TempDir {
-  public:
-    TempDir() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "sandlot-exec-XXXXXX").string();
-        path_ = mkdtemp(tmpl.data());
-    }
-    ~TempDir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    const std::string& path() const { return path_; }
-
-  private:
-    std::string path_;
-};
 
 // `[prefix...] agentd --listen-unix <tmp>/a.sock`, SIGKILLed on destruction.
 class Agent {

@@ -22,11 +22,14 @@
 #include "proto/frame.h"
 #include "proto/messages.h"
 #include "proto/version.h"
+#include "tests/support/temp_dir.h"
 
 extern char** environ;
 
 namespace sandlot::agent {
 namespace {
+
+using test::TempDir;
 
 using namespace std::chrono_literals;
 
@@ -55,22 +58,6 @@ TEST(AgentCmdline, BadValuesAreIgnored) {
     EXPECT_EQ(parse_kernel_cmdline("sandlot.port=1 sandlot.port=2").port,
               2u);  // last one wins, like the kernel
 }
-
-class TempDir {
-  public:
-    TempDir() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "sandlot-agentd-XXXXXX").string();
-        path_ = mkdtemp(tmpl.data());
-    }
-    ~TempDir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    const std::string& path() const { return path_; }
-
-  private:
-    std::string path_;
-};
 
 UniqueFd unix_socket() {
     return UniqueFd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));

@@ -12,9 +12,12 @@
 
 #include "initramfs/compress.h"
 #include "initramfs/cpio_writer.h"
+#include "tests/support/temp_dir.h"
 
 namespace sandlot::initramfs {
 namespace {
+
+using test::TempDir;
 
 using Bytes = std::vector<uint8_t>;
 
@@ -23,23 +26,6 @@ const std::string kMkinitramfs = std::string(SANDLOT_BIN_DIR) + "/sandlot-mkinit
 Bytes bytes_of(std::string_view s) {
     return Bytes(s.begin(), s.end());
 }
-
-class TempDir {
-  public:
-    TempDir() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "sandlot-cpio-XXXXXX").string();
-        path_ = mkdtemp(tmpl.data());
-    }
-    ~TempDir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    std::string operator/(std::string_view name) const { return path_ + "/" + std::string(name); }
-    const std::string& path() const { return path_; }
-
-  private:
-    std::string path_;
-};
 
 void write_file(const std::string& path, std::span<const uint8_t> data) {
     std::ofstream out(path, std::ios::binary);
