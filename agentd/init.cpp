@@ -149,6 +149,9 @@ void setup_pid1() {
     // The agent is the only way to reach the guest: the OOM killer must pick something else.
     write_file("/proc/self/oom_score_adj", "-1000");
 
+    // `uname -n` and shell prompts say where they are rather than "(none)".
+    if (sethostname("sandlot", 7) != 0) log_errno("sethostname");
+
     // Commands started later inherit a usable PATH (the kernel gives init only HOME and TERM).
     setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 0);
 }

@@ -363,6 +363,14 @@ TEST_F(ExecVm, ExitCodesAndSignals) {
     EXPECT_EQ(killed.status.shell_code(), 137);
 }
 
+TEST_F(ExecVm, GuestIsNamedAndHasAUserland) {
+    auto out = exec_ok({.argv = {"sh", "-c", "uname -n; echo $PATH; ls /bin/busybox /etc/passwd"}});
+    EXPECT_EQ(
+        out.stdout_data,
+        "sandlot\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/bin/busybox\n/etc/passwd\n");
+    EXPECT_EQ(out.status.exit_code, 0);
+}
+
 TEST_F(ExecVm, HundredConcurrentExecsOnOneConnection) {
     // All 100 run at once: each `cat` waits for its stdin, which is written only once every one has started.
     std::vector<std::unique_ptr<host::ExecStream>> streams;
