@@ -232,8 +232,8 @@ int run(const RunArgs& args) {
     options.ready_timeout = to_ms(args.sandbox.boot_timeout_s);
     options.vmm_log = dir.vmm_log();
     auto sandbox = host::Sandbox::boot(options);
-    // Interrupted while booting (^C also reaches the VMM, which then fails the boot): end quietly, like a
-    // shell.
+    // Interrupted while booting (the VMM has a process group of its own, so ^C reached only us): end
+    // quietly, like a shell; the Sandbox going away kills the VM.
     if (int signo = g_pending_signal.load()) return 128 + signo;
     if (!sandbox) return fail(boot_error(sandbox.error(), args.sandbox, dir));
 
