@@ -277,10 +277,13 @@ struct AgentConnection::Core {
         end_stream(stream);
     }
 
-    // Waits for the next control reply while a control request is in flight.
-    Result<proto::Frame> next_control_reply() {
+    // Waits for the next control reply while a control request is in flight, until `deadline`: a guest that
+    // never answers must not hang the host.
+    Result<proto::Frame> next_control_reply(std::chrono::steady_clock::time_point deadline) {
         std::unique_lock lock(mu);
-        control_cv.wait(lock, [&] { return !control_replies.empty() || broken; });
+        bool ready =
+            control_cv.wait_until(lock, deadline, [&] { return !control_replies.empty() || broken; });
+        if (!ready) return make_error("the agent did not answer in time", ETIMEDOUT);
         if (control_replies.empty()) return std::unexpected(*broken);
         proto::Frame frame = std::move(control_replies.front());
         control_replies.pop_front();
@@ -290,7 +293,9 @@ struct AgentConnection::Core {
     // Sends a control request and returns the first reply that `accept` takes. An ERROR on the control
     // stream fails the request.
     template <class Accept>
-    Result<proto::Frame> control_request(const proto::Frame& request, Accept accept) {
+    Result<proto::Frame> control_request(const proto::Frame& request, std::chrono::milliseconds timeout,
+                                         Accept accept) {
+        auto deadline = std::chrono::steady_clock::now() + timeout;
         std::lock_guard request_lock(control_mu);
         {
             std::lock_guard lock(mu);
@@ -305,7 +310,7 @@ struct AgentConnection::Core {
         });
         TRY(send(request));
         for (;;) {
-            proto::Frame frame = TRY(next_control_reply());
+            proto::Frame frame = TRY(next_control_reply(deadline));
             if (frame.type == type_of(proto::MessageType::Error)) {
                 auto err = proto::decode_error(frame.payload);
                 if (!err) return make_error("agent sent an undecodable ERROR");
@@ -523,19 +528,20 @@ size_t AgentConnection::open_streams() const {
     return core_->streams.size();
 }
 
-Result<std::chrono::nanoseconds> AgentConnection::ping() {
+Result<std::chrono::nanoseconds> AgentConnection::ping(std::chrono::milliseconds timeout) {
     uint64_t nonce = core_->next_nonce++;
     auto start = std::chrono::steady_clock::now();
-    TRY(core_->control_request(proto::make_frame(proto::Ping{nonce}), [&](const proto::Frame& frame) {
-        if (frame.type != type_of(proto::MessageType::Pong)) return false;
-        auto pong = proto::decode_pong(frame.payload);
-        return pong && pong->nonce == nonce;
-    }));
+    TRY(core_->control_request(proto::make_frame(proto::Ping{nonce}), timeout,
+                               [&](const proto::Frame& frame) {
+                                   if (frame.type != type_of(proto::MessageType::Pong)) return false;
+                                   auto pong = proto::decode_pong(frame.payload);
+                                   return pong && pong->nonce == nonce;
+                               }));
     return std::chrono::steady_clock::now() - start;
 }
 
-Result<void> AgentConnection::shutdown() {
-    TRY(core_->control_request(proto::make_frame(proto::Shutdown{}), [](const proto::Frame& frame) {
+Result<void> AgentConnection::shutdown(std::chrono::milliseconds timeout) {
+    TRY(core_->control_request(proto::make_frame(proto::Shutdown{}), timeout, [](const proto::Frame& frame) {
         return frame.type == type_of(proto::MessageType::ShutdownAck);
     }));
     core_->close();  // the agent powers off as soon as it sees us hang up (or after a short grace period)

@@ -37,11 +37,11 @@ class AgentConnection {
     const proto::Hello& hello() const;
     int fd() const;
 
-    // Round trip of a PING; returns its latency.
-    Result<std::chrono::nanoseconds> ping();
+    // Round trip of a PING; returns its latency. Fails (ETIMEDOUT) if no PONG comes within `timeout`.
+    Result<std::chrono::nanoseconds> ping(std::chrono::milliseconds timeout = std::chrono::seconds(30));
     // Asks the agent to sync and power the guest off; returns once the agent acknowledged, and closes this
-    // connection, which tells the agent its reply arrived.
-    Result<void> shutdown();
+    // connection, which tells the agent its reply arrived. Fails (ETIMEDOUT) without an ACK within `timeout`.
+    Result<void> shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
     // Fails, naming the missing feature and the agent's version, if the agent cannot run this request.
     Result<void> check_supported(const ExecRequest& request) const;

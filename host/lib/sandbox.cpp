@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <thread>
@@ -135,8 +136,11 @@ Result<std::unique_ptr<AgentConnection>> Sandbox::connect() {
 }
 
 Result<int> Sandbox::shutdown(std::chrono::milliseconds timeout) {
-    TRY(agent_->shutdown());
-    return wait(timeout);
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    TRY(agent_->shutdown(timeout));
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    return wait(std::max(left, std::chrono::milliseconds(0)));
 }
 
 Result<int> Sandbox::wait(std::chrono::milliseconds timeout) {

@@ -772,6 +772,33 @@ TEST(HostExecFake, RefusesWhatTheAgentLacksAndSendsNothing) {
     EXPECT_TRUE(no_exec.nothing_sent());
 }
 
+TEST(HostExecFake, SilentAgentTimesControlRequestsOut) {
+    // A guest that reads requests and never answers must not hang PING or SHUTDOWN (nor sandlot run's
+    // teardown).
+    FakeAgent fake;
+    ASSERT_TRUE(fake.conn);
+    auto start = std::chrono::steady_clock::now();
+    auto ping = fake.conn->ping(200ms);
+    ASSERT_FALSE(ping);
+    EXPECT_EQ(ping.error().code, ETIMEDOUT);
+    auto shutdown = fake.conn->shutdown(200ms);
+    ASSERT_FALSE(shutdown);
+    EXPECT_EQ(shutdown.error().code, ETIMEDOUT);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+    EXPECT_EQ(fake.read().type, static_cast<uint16_t>(proto::MessageType::Ping));
+    EXPECT_EQ(fake.read().type, static_cast<uint16_t>(proto::MessageType::Shutdown));
+    // A late PONG for the abandoned PING does not confuse the next one.
+    fake.send(proto::make_frame(proto::Pong{1}));
+    std::thread answer([&] {
+        proto::Frame next = fake.read();
+        auto nonce = proto::decode_ping(next.payload);
+        ASSERT_TRUE(nonce);
+        fake.send(proto::make_frame(proto::Pong{nonce->nonce}));
+    });
+    EXPECT_TRUE(fake.conn->ping(10s));
+    answer.join();
+}
+
 TEST(HostExecFake, SpawnFailureErrorBecomesAnExitStatus) {
     FakeAgent fake;
     auto proc = fake.conn->exec_stream({.argv = {"nope"}});
