@@ -1,6 +1,7 @@
 #include "agentd/init.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -148,6 +149,14 @@ void setup_pid1() {
 
     // The agent is the only way to reach the guest: the OOM killer must pick something else.
     write_file("/proc/self/oom_score_adj", "-1000");
+    // Nor may a fork bomb starve it of CPU: among thousands of runnable processes a normal-priority agent
+    // gets a sliver of a vCPU and cannot even fire the timeout that would end the bomb. As the lowest
+    // real-time priority it runs whenever it is runnable (it only ever waits in epoll, so it cannot hog a
+    // CPU, and the kernel's RT throttling keeps 5% for everyone else). RESET_ON_FORK: the commands it starts
+    // are ordinary processes again.
+    sched_param param{};
+    param.sched_priority = 1;
+    if (sched_setscheduler(0, SCHED_RR | SCHED_RESET_ON_FORK, &param) != 0) log_errno("sched_setscheduler");
 
     // `uname -n` and shell prompts say where they are rather than "(none)".
     if (sethostname("sandlot", 7) != 0) log_errno("sethostname");

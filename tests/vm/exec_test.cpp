@@ -122,7 +122,14 @@ TEST(RunCli, LargeOutputArrivesExactlyWithBoundedMemory) {
     // What sandlot holds beyond its working set is one credit window (1 MiB) plus a frame or two in flight.
     ASSERT_GT(run.rss_at_first_output_kib, 0u);
     uint64_t growth_kib = run.peak_rss_kib - std::min(run.peak_rss_kib, run.rss_at_first_output_kib);
-    EXPECT_LT(growth_kib, 8u * 1024) << "sandlot's memory must not grow with the output";
+#if defined(__SANITIZE_ADDRESS__)
+    // ASan's allocator keeps per-thread caches and shadow pages on top; the tight bound is the normal
+    // build's.
+    constexpr uint64_t kGrowthLimitKib = 24u * 1024;
+#else
+    constexpr uint64_t kGrowthLimitKib = 8u * 1024;
+#endif
+    EXPECT_LT(growth_kib, kGrowthLimitKib) << "sandlot's memory must not grow with the output";
     EXPECT_LT(run.peak_rss_kib, 100u * 1024);
     std::printf(
         "[ info     ] %llu MiB through sandlot run in %.1f s (boot, a 5 s pause and shutdown included); "
@@ -369,6 +376,9 @@ TEST_F(ExecVm, GuestIsNamedAndHasAUserland) {
         out.stdout_data,
         "sandlot\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/bin/busybox\n/etc/passwd\n");
     EXPECT_EQ(out.status.exit_code, 0);
+    // The agent runs real-time (so a fork bomb cannot starve it); what it starts runs as normal processes.
+    auto policy = exec_ok({.argv = {"sh", "-c", "cut -d' ' -f41 /proc/1/stat /proc/self/stat"}});
+    EXPECT_EQ(policy.stdout_data, "2\n0\n");  // SCHED_RR, SCHED_OTHER
 }
 
 TEST_F(ExecVm, HundredConcurrentExecsOnOneConnection) {
