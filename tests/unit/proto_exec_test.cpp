@@ -3,25 +3,17 @@
 
 #include "proto/codec.h"
 #include "proto/exec.h"
+#include "tests/support/bytes.h"
 
 namespace sandlot::proto {
 namespace {
 
-using Bytes = std::vector<uint8_t>;
-
-Bytes concat(std::initializer_list<Bytes> parts) {
-    Bytes out;
-    for (const Bytes& p : parts)
-        out.insert(out.end(), p.begin(), p.end());
-    return out;
-}
+using test::Bytes;
+using test::concat;
 
 // A short string field: u32 length, then the bytes.
 Bytes str(std::string_view s) {
-    Bytes out = {static_cast<uint8_t>(s.size()), 0, 0, 0};
-    for (char c : s)
-        out.push_back(static_cast<uint8_t>(c));
-    return out;
+    return concat({{static_cast<uint8_t>(s.size()), 0, 0, 0}, test::ascii(s)});
 }
 
 ExecStart sample_start() {

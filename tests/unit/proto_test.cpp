@@ -11,22 +11,14 @@
 #include "proto/frame.h"
 #include "proto/messages.h"
 #include "proto/version.h"
+#include "tests/support/bytes.h"
 
 namespace sandlot::proto {
 namespace {
 
-using Bytes = std::vector<uint8_t>;
-
-Bytes concat(std::initializer_list<Bytes> parts) {
-    Bytes out;
-    for (const Bytes& p : parts)
-        out.insert(out.end(), p.begin(), p.end());
-    return out;
-}
-
-Bytes ascii(std::string_view s) {
-    return Bytes(s.begin(), s.end());
-}
+using test::ascii;
+using test::Bytes;
+using test::concat;
 
 Hello sample_hello() {
     Hello h;

@@ -34,26 +34,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// The ExecRequest fields these tests set, for designated initializers (GCC 12 warns when they skip members
-// without default initializers, as ExecRequest's vectors and strings are).
-struct Req {
-    std::vector<std::string> argv;
-    std::string cwd{};
-    std::string user{};
-    bool stdin_open = false;
-    std::chrono::milliseconds timeout{0};
-
-    operator host::ExecRequest() const {
-        host::ExecRequest request;
-        request.argv = argv;
-        request.cwd = cwd;
-        request.user = user;
-        request.stdin_open = stdin_open;
-        request.timeout = timeout;
-        return request;
-    }
-};
-
 size_t count_lines(const std::string& text) {
     return static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
 }
@@ -216,8 +196,6 @@ class TerminalHarness {
         master_ = UniqueFd(master);
         slave_ = UniqueFd(slave);
         tcgetattr(slave, &initial_mode_);
-        std::vector<std::string> argv = {host::bin_dir() + "/sandlot"};
-        argv.insert(argv.end(), args.begin(), args.end());
         pid_ = fork();
         if (pid_ == 0) {
             setsid();
@@ -225,12 +203,7 @@ class TerminalHarness {
             dup2(slave, 0);
             dup2(slave, 1);
             dup2(slave, 2);
-            std::vector<char*> cargv;
-            for (auto& a : argv)
-                cargv.push_back(a.data());
-            cargv.push_back(nullptr);
-            execv(cargv[0], cargv.data());
-            _exit(127);
+            exec_sandlot(args);
         }
         return pid_ > 0;
     }
@@ -348,7 +321,7 @@ class ExecVm : public ::testing::Test {
     }
 
     static host::AgentConnection& agent() { return sandbox_->agent(); }
-    static host::ExecOutput exec_ok(const Req& request) {
+    static host::ExecOutput exec_ok(const host::ExecRequest& request) {
         auto out = agent().exec(request);
         EXPECT_TRUE(out) << out.error().to_string();
         return out ? *out : host::ExecOutput{};
@@ -385,7 +358,7 @@ TEST_F(ExecVm, HundredConcurrentExecsOnOneConnection) {
     // All 100 run at once: each `cat` waits for its stdin, which is written only once every one has started.
     std::vector<std::unique_ptr<host::ExecStream>> streams;
     for (int i = 0; i < 100; ++i) {
-        auto stream = agent().exec_stream(Req{.argv = {"cat"}, .stdin_open = true});
+        auto stream = agent().exec_stream(host::ExecRequest{.argv = {"cat"}, .stdin_open = true});
         ASSERT_TRUE(stream) << i << ": " << stream.error().to_string();
         streams.push_back(std::move(*stream));
     }
@@ -417,7 +390,7 @@ TEST_F(ExecVm, HundredConcurrentExecsOnOneConnection) {
 TEST_F(ExecVm, SpawnFailuresHaveTheRightKind) {
     using Kind = proto::SpawnErrorKind;
     struct Case {
-        Req request;
+        host::ExecRequest request;
         Kind kind;
         int shell_code;
         std::string named;  // the message must name this
@@ -527,7 +500,7 @@ TEST_F(ExecVm, MalformedFramesLeaveTheAgentAlive) {
     EXPECT_EQ(exec_ok({.argv = {"echo", "alive"}}).stdout_data, "alive\n");
     auto fresh = sandbox_->connect();
     ASSERT_TRUE(fresh) << fresh.error().to_string();
-    auto out = (*fresh)->exec(Req{.argv = {"echo", "fresh"}});
+    auto out = (*fresh)->exec(host::ExecRequest{.argv = {"echo", "fresh"}});
     ASSERT_TRUE(out) << out.error().to_string();
     EXPECT_EQ(out->stdout_data, "fresh\n");
 }

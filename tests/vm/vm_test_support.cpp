@@ -61,6 +61,17 @@ uint64_t peak_rss_kib(pid_t pid) {
 
 }  // namespace
 
+void exec_sandlot(const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {host::bin_dir() + "/sandlot"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::vector<char*> cargv;
+    for (auto& a : argv)
+        cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    execv(cargv[0], cargv.data());
+    _exit(127);
+}
+
 SandlotRun run_sandlot(const std::vector<std::string>& args, const SandlotRunOptions& options) {
     SandlotRun run;
     int in[2], out[2], err[2];
@@ -68,8 +79,6 @@ SandlotRun run_sandlot(const std::vector<std::string>& args, const SandlotRunOpt
         run.err = "pipe failed";
         return run;
     }
-    std::vector<std::string> argv = {host::bin_dir() + "/sandlot"};
-    argv.insert(argv.end(), args.begin(), args.end());
     auto start = std::chrono::steady_clock::now();
     pid_t pid = fork();
     if (pid == 0) {
@@ -78,12 +87,7 @@ SandlotRun run_sandlot(const std::vector<std::string>& args, const SandlotRunOpt
         dup2(err[1], 2);
         for (const auto& e : options.env)
             putenv(const_cast<char*>(e.c_str()));
-        std::vector<char*> cargv;
-        for (auto& a : argv)
-            cargv.push_back(a.data());
-        cargv.push_back(nullptr);
-        execv(cargv[0], cargv.data());
-        _exit(127);
+        exec_sandlot(args);
     }
     close(in[0]);
     close(out[1]);

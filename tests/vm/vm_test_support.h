@@ -49,6 +49,9 @@ struct SandlotRunOptions {
 };
 
 // Runs bin_dir()/sandlot with `args`.
+// In a forked child: replaces it with `sandlot ARGS...` from this build (exit 127 if that fails).
+[[noreturn]] void exec_sandlot(const std::vector<std::string>& args);
+
 SandlotRun run_sandlot(const std::vector<std::string>& args, const SandlotRunOptions& options = {});
 
 std::string read_file(const std::string& path);
