@@ -204,7 +204,7 @@ Result<void> Machine::setup_vcpus(const boot::BootSetup& boot) {
 }
 
 Result<int> Machine::run() {
-    boot::BootConfig boot_config{config_.kernel, config_.initrd, kernel_cmdline()};
+    boot::BootConfig boot_config{config_.kernel, config_.initrds, kernel_cmdline()};
     boot::BootSetup boot = TRY(boot::load_kernel(memory_, boot_config));
     TRY(x86::write_mp_table(memory_, config_.vcpus));
     TRY(x86::arm_reset_flag(memory_));

@@ -45,7 +45,7 @@ namespace sandlot::vmm {
 
 struct MachineConfig {
     std::string kernel;                 // ELF vmlinux (PVH) or bzImage
-    std::optional<std::string> initrd;  // initramfs image
+    std::vector<std::string> initrds;   // initramfs images, concatenated in order
     std::string cmdline_extra;          // appended to the default command line
     uint64_t memory_mib = 256;
     uint32_t vcpus = 1;

@@ -1,7 +1,12 @@
 // sandlot-vmm: boots one microVM and runs it until the guest restarts or crashes.
 //
-//   sandlot-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--memory MiB] [--cpus N]
-//               [--vsock-uds PATH] [--vsock-cid N] [--console stdout|none|file:PATH] [--allow-pvm]
+//   sandlot-vmm --kernel PATH [--initrd PATH]... [--cmdline STR] [--memory MiB] [--cpus N]
+//               [--vsock-uds PATH] [--vsock-cid N] [--disk PATH[,ro][,serial=ID]]...
+//               [--fs TAG=DIR[,ro]]... [--console stdout|none|file:PATH] [--allow-pvm]
+//
+// Several --initrd files are concatenated (the kernel unpacks each archive in turn). Disks become
+// /dev/vda, /dev/vdb, ... in the order given; the guest finds them by serial (/sys/block/vd*/serial). Each
+// --fs shares a host directory through virtio-fs under TAG (mount -t virtiofs TAG DIR in the guest).
 //
 // Exit status: 0 when the guest restarted (or powered off) in an orderly way, 1 when it crashed or the VMM
 // failed, 2 for a usage error. On success nothing is printed but the guest console; every error is one line
@@ -20,9 +25,13 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "proto/base/error.h"
 #include "vmm/arch/x86/mptable.h"
+#include "vmm/devices/blk/blk_device.h"
+#include "vmm/devices/fs/fs_device.h"
+#include "vmm/devices/fs/passthrough_fs.h"
 #include "vmm/devices/virtio/attach.h"
 #include "vmm/devices/vsock/vsock_device.h"
 #include "vmm/machine.h"
@@ -45,6 +54,67 @@ struct VsockOptions {
     std::string uds_path;    // host Unix socket that stands for the host side; empty: no vsock device
     uint32_t guest_cid = 3;  // 0-2 are reserved (hypervisor, local, host)
 };
+
+struct FsShare {
+    std::string tag;
+    std::string dir;
+    bool read_only = false;
+};
+
+// Splits "VALUE,opt,key=value" at commas. Paths with commas cannot be given; nothing we create has them.
+std::vector<std::string> split_commas(const std::string& spec) {
+    std::vector<std::string> parts;
+    size_t start = 0;
+    for (;;) {
+        size_t comma = spec.find(',', start);
+        parts.push_back(spec.substr(start, comma - start));
+        if (comma == std::string::npos) return parts;
+        start = comma + 1;
+    }
+}
+
+// --disk PATH[,ro][,serial=ID]
+sandlot::Result<sandlot::vmm::blk::BlkConfig> parse_disk(const std::string& spec) {
+    auto parts = split_commas(spec);
+    sandlot::vmm::blk::BlkConfig disk;
+    disk.path = parts[0];
+    if (disk.path.empty()) return sandlot::make_error("--disk " + spec + ": no image path");
+    for (size_t i = 1; i < parts.size(); ++i) {
+        if (parts[i] == "ro") {
+            disk.read_only = true;
+        } else if (parts[i] == "rw") {
+            disk.read_only = false;
+        } else if (parts[i].starts_with("serial=")) {
+            disk.serial = parts[i].substr(7);
+            if (disk.serial.size() > 20)
+                return sandlot::make_error("--disk " + spec + ": serial is over 20 bytes");
+        } else {
+            return sandlot::make_error("--disk " + spec + ": unknown option \"" + parts[i] +
+                                       "\" (ro, rw, serial=ID)");
+        }
+    }
+    return disk;
+}
+
+// --fs TAG=DIR[,ro]
+sandlot::Result<FsShare> parse_fs(const std::string& spec) {
+    auto parts = split_commas(spec);
+    size_t eq = parts[0].find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == parts[0].size())
+        return sandlot::make_error("--fs " + spec + ": expected TAG=DIR[,ro]");
+    FsShare share{parts[0].substr(0, eq), parts[0].substr(eq + 1)};
+    if (share.tag.size() > 36) return sandlot::make_error("--fs " + spec + ": tag is over 36 bytes");
+    for (size_t i = 1; i < parts.size(); ++i) {
+        if (parts[i] == "ro") {
+            share.read_only = true;
+        } else if (parts[i] == "rw") {
+            share.read_only = false;
+        } else {
+            return sandlot::make_error("--fs " + spec + ": unknown option \"" + parts[i] + "\" (ro, rw)");
+        }
+    }
+    return share;
+}
 
 int fail(int status, std::string message) {
     std::replace(message.begin(), message.end(), '\n', ' ');  // one line, always
@@ -94,8 +164,8 @@ std::string validate(const MachineConfig& config, const VsockOptions& vsock) {
     if (config.vcpus < 1 || config.vcpus > kMaxCpus)
         return "--cpus must be between 1 and " + std::to_string(kMaxCpus);
     if (!readable_file(config.kernel)) return "--kernel " + config.kernel + ": " + std::strerror(errno);
-    if (config.initrd && !readable_file(*config.initrd)) {
-        return "--initrd " + *config.initrd + ": " + std::strerror(errno);
+    for (const std::string& initrd : config.initrds) {
+        if (!readable_file(initrd)) return "--initrd " + initrd + ": " + std::strerror(errno);
     }
     if (!valid_console(config.console)) return "--console must be stdout, none or file:PATH";
     if (!vsock.uds_path.empty() && vsock.uds_path.size() >= sizeof(sockaddr_un{}.sun_path)) {
@@ -108,18 +178,20 @@ std::string validate(const MachineConfig& config, const VsockOptions& vsock) {
 
 int run_vmm(int argc, char** argv) {
     MachineConfig config;
-    std::string initrd;
     VsockOptions vsock;
+    std::vector<std::string> disk_specs, fs_specs;
 
     CLI::App app{"Boots a sandlot microVM and runs it until the guest restarts or crashes.", "sandlot-vmm"};
     app.add_option("--kernel", config.kernel, "guest kernel: ELF vmlinux with a PVH note, or bzImage")
         ->required();
-    app.add_option("--initrd", initrd, "initramfs image");
+    app.add_option("--initrd", config.initrds, "initramfs image (repeat to concatenate several)");
     app.add_option("--cmdline", config.cmdline_extra, "appended to the kernel command line");
     app.add_option("--memory", config.memory_mib, "guest memory in MiB")->capture_default_str();
     app.add_option("--cpus", config.vcpus, "number of vCPUs")->capture_default_str();
     app.add_option("--vsock-uds", vsock.uds_path, "host Unix socket for the guest's virtio-vsock device");
     app.add_option("--vsock-cid", vsock.guest_cid, "the guest's vsock context id")->capture_default_str();
+    app.add_option("--disk", disk_specs, "virtio-blk disk: PATH[,ro][,serial=ID] (repeatable)");
+    app.add_option("--fs", fs_specs, "virtio-fs share of a host directory: TAG=DIR[,ro] (repeatable)");
     app.add_option("--console", config.console, "guest console output: stdout, none or file:PATH")
         ->capture_default_str();
     app.add_flag("--allow-pvm", config.allow_pvm,
@@ -131,8 +203,19 @@ int run_vmm(int argc, char** argv) {
         if (e.get_exit_code() == 0) return app.exit(e);  // --help
         return fail(kExitUsage, e.what());
     }
-    if (!initrd.empty()) config.initrd = initrd;
     if (std::string problem = validate(config, vsock); !problem.empty()) return fail(kExitUsage, problem);
+    std::vector<sandlot::vmm::blk::BlkConfig> disks;
+    for (const std::string& spec : disk_specs) {
+        auto disk = parse_disk(spec);
+        if (!disk) return fail(kExitUsage, disk.error().to_string());
+        disks.push_back(std::move(*disk));
+    }
+    std::vector<FsShare> shares;
+    for (const std::string& spec : fs_specs) {
+        auto share = parse_fs(spec);
+        if (!share) return fail(kExitUsage, share.error().to_string());
+        shares.push_back(std::move(*share));
+    }
 
     auto machine = sandlot::vmm::Machine::create(config);
     if (!machine) return fail(kExitFailure, machine.error().to_string());
@@ -140,6 +223,24 @@ int run_vmm(int argc, char** argv) {
     if (!vsock.uds_path.empty()) {
         auto device = sandlot::vmm::vsock::VsockDevice::create(vsock.guest_cid, vsock.uds_path,
                                                                (*machine)->event_loop());
+        if (!device) return fail(kExitFailure, device.error().to_string());
+        if (auto attached = sandlot::vmm::virtio::attach_virtio_device(**machine, *device); !attached)
+            return fail(kExitFailure, attached.error().to_string());
+    }
+
+    // Disks and shares come after vsock so that their slots (and so /dev/vdX names) follow the order given.
+    for (const auto& disk : disks) {
+        auto device = sandlot::vmm::blk::BlkDevice::create(disk, (*machine)->event_loop());
+        if (!device) return fail(kExitFailure, device.error().to_string());
+        if (auto attached = sandlot::vmm::virtio::attach_virtio_device(**machine, *device); !attached)
+            return fail(kExitFailure, attached.error().to_string());
+    }
+    for (const auto& share : shares) {
+        auto server = sandlot::vmm::fs::PassthroughFs::create({share.dir, share.read_only});
+        if (!server) return fail(kExitFailure, "--fs " + share.tag + ": " + server.error().to_string());
+        auto device = sandlot::vmm::fs::FsDevice::create(
+            share.tag, std::shared_ptr<sandlot::vmm::fs::FuseHandler>(std::move(*server)),
+            (*machine)->event_loop());
         if (!device) return fail(kExitFailure, device.error().to_string());
         if (auto attached = sandlot::vmm::virtio::attach_virtio_device(**machine, *device); !attached)
             return fail(kExitFailure, attached.error().to_string());

@@ -218,7 +218,7 @@ class BootLoaderTest : public ::testing::Test {
 
     void expect_kernel_error(const Bytes& image, const std::string& needle) {
         std::string path = write_file("kernel", image);
-        expect_load_error({.kernel_path = path, .initrd_path = {}, .cmdline = "console=ttyS0"}, needle);
+        expect_load_error({.kernel_path = path, .initrd_paths = {}, .cmdline = "console=ttyS0"}, needle);
     }
 
     fs::path dir_;
@@ -256,7 +256,7 @@ TEST_F(BootLoaderTest, LoadsPvhElfWithInitrdAndCmdline) {
     Bytes elf = make_elf(spec);
     Bytes initrd = pattern(100'000, 0x33);
     BootConfig config{.kernel_path = write_file("vmlinux", elf),
-                      .initrd_path = write_file("initrd", initrd),
+                      .initrd_paths = {write_file("initrd", initrd)},
                       .cmdline = "console=ttyS0 quiet virtio_mmio.device=4K@0xd0000000:5"};
     auto mem = make_memory();
     // Stale bytes where .bss goes: the loader must zero them.
@@ -314,7 +314,8 @@ TEST_F(BootLoaderTest, LoadsPvhElfWithInitrdAndCmdline) {
 
 TEST_F(BootLoaderTest, PvhWithoutInitrdAndEightByteEntryNote) {
     ElfSpec spec{.entry = 0x100'1000, .entry_desc_size = 8};
-    BootConfig config{.kernel_path = write_file("vmlinux", make_elf(spec)), .initrd_path = {}, .cmdline = ""};
+    BootConfig config{
+        .kernel_path = write_file("vmlinux", make_elf(spec)), .initrd_paths = {}, .cmdline = ""};
     auto mem = make_memory();
     auto setup = load_kernel(mem, config);
     ASSERT_TRUE(setup.has_value()) << setup.error().to_string();
@@ -329,7 +330,7 @@ TEST_F(BootLoaderTest, PvhWithoutInitrdAndEightByteEntryNote) {
 
 TEST_F(BootLoaderTest, MemoryAboveTheHoleAppearsInTheMap) {
     BootConfig config{.kernel_path = write_file("vmlinux", make_elf()),
-                      .initrd_path = write_file("initrd", pattern(5000, 1)),
+                      .initrd_paths = {write_file("initrd", pattern(5000, 1))},
                       .cmdline = "x"};
     auto mem = make_memory(4 * layout::kGiB);  // 3 GiB low + 1 GiB from 4 GiB (reserved lazily)
     auto setup = load_kernel(mem, config);
@@ -352,7 +353,7 @@ TEST_F(BootLoaderTest, LoadsBzImageWithBootParamsAndPageTables) {
     Bytes image = make_bzimage(spec);
     Bytes initrd = pattern(3 * kMiB + 123, 0x44);
     BootConfig config{.kernel_path = write_file("bzImage", image),
-                      .initrd_path = write_file("initrd", initrd),
+                      .initrd_paths = {write_file("initrd", initrd)},
                       .cmdline = "console=ttyS0 panic=-1"};
     auto mem = make_memory();
     auto setup = load_kernel(mem, config);
@@ -414,7 +415,7 @@ TEST_F(BootLoaderTest, LoadsBzImageWithBootParamsAndPageTables) {
 TEST_F(BootLoaderTest, BzImageInitrdStaysBelowInitrdAddrMax) {
     BzSpec spec{.initrd_addr_max = 0x7ff'ffff};  // 128 MiB - 1 in a 256 MiB guest
     BootConfig config{.kernel_path = write_file("bzImage", make_bzimage(spec)),
-                      .initrd_path = write_file("initrd", pattern(10'000, 9)),
+                      .initrd_paths = {write_file("initrd", pattern(10'000, 9))},
                       .cmdline = ""};
     auto mem = make_memory();
     auto setup = load_kernel(mem, config);
@@ -500,12 +501,13 @@ TEST(BootParsers, RandomCorruptionNeverCrashes) {
 // --- Corrupt and unusable inputs through load_kernel ----------------------------------------------------
 
 TEST_F(BootLoaderTest, MissingKernelFile) {
-    expect_load_error({.kernel_path = (dir_ / "nope").string(), .initrd_path = {}, .cmdline = ""},
+    expect_load_error({.kernel_path = (dir_ / "nope").string(), .initrd_paths = {}, .cmdline = ""},
                       "kernel " + (dir_ / "nope").string() + ": open: No such file");
 }
 
 TEST_F(BootLoaderTest, KernelIsADirectory) {
-    expect_load_error({.kernel_path = dir_.string(), .initrd_path = {}, .cmdline = ""}, "not a regular file");
+    expect_load_error({.kernel_path = dir_.string(), .initrd_paths = {}, .cmdline = ""},
+                      "not a regular file");
 }
 
 TEST_F(BootLoaderTest, EmptyKernel) {
@@ -515,7 +517,7 @@ TEST_F(BootLoaderTest, EmptyKernel) {
 TEST_F(BootLoaderTest, BadMagic) {
     Bytes junk = pattern(8192, 3);
     std::string path = write_file("junk", junk);
-    expect_load_error({.kernel_path = path, .initrd_path = {}, .cmdline = ""},
+    expect_load_error({.kernel_path = path, .initrd_paths = {}, .cmdline = ""},
                       "kernel " + path + ": not an ELF vmlinux or bzImage");
 }
 
@@ -653,24 +655,47 @@ TEST_F(BootLoaderTest, BzImageLoadAddressInLowArea) {
 TEST_F(BootLoaderTest, OversizedCmdline) {
     std::string path = write_file("vmlinux", make_elf());
     expect_load_error(
-        {.kernel_path = path, .initrd_path = {}, .cmdline = std::string(layout::kCmdlineMax, 'a')},
+        {.kernel_path = path, .initrd_paths = {}, .cmdline = std::string(layout::kCmdlineMax, 'a')},
         "command line is 65536 bytes; the kernel accepts at most 65535");
     // The longest accepted one fits, with its NUL.
     auto mem = make_memory();
     std::string longest(layout::kCmdlineMax - 1, 'b');
-    ASSERT_TRUE(load_kernel(mem, {.kernel_path = path, .initrd_path = {}, .cmdline = longest}).has_value());
+    ASSERT_TRUE(load_kernel(mem, {.kernel_path = path, .initrd_paths = {}, .cmdline = longest}).has_value());
     EXPECT_EQ(read_cmdline(mem), longest);
 }
 
 TEST_F(BootLoaderTest, CmdlineLongerThanBzImageAllows) {
     std::string path = write_file("bzImage", make_bzimage({.cmdline_size = 100}));
-    expect_load_error({.kernel_path = path, .initrd_path = {}, .cmdline = std::string(101, 'a')},
+    expect_load_error({.kernel_path = path, .initrd_paths = {}, .cmdline = std::string(101, 'a')},
                       "command line is 101 bytes; the kernel accepts at most 100");
 }
 
 TEST_F(BootLoaderTest, CmdlineWithNul) {
     std::string path = write_file("vmlinux", make_elf());
-    expect_load_error({.kernel_path = path, .initrd_path = {}, .cmdline = std::string("a\0b", 3)}, "NUL");
+    expect_load_error({.kernel_path = path, .initrd_paths = {}, .cmdline = std::string("a\0b", 3)}, "NUL");
+}
+
+TEST_F(BootLoaderTest, ConcatenatesInitrdsPaddedToFourBytes) {
+    Bytes first = pattern(1001, 0x11), second = pattern(40, 0x22);
+    BootConfig config{.kernel_path = write_file("vmlinux", make_elf()),
+                      .initrd_paths = {write_file("first", first), write_file("second", second)},
+                      .cmdline = ""};
+    auto mem = make_memory();
+    auto setup = load_kernel(mem, config);
+    ASSERT_TRUE(setup.has_value()) << setup.error().to_string();
+    ASSERT_EQ(setup->initrd_size, 1004u + 40u);  // the last part is not padded
+    Bytes expected = first;
+    expected.resize(1004, 0);  // zero padding up to the next 4-byte boundary
+    expected.insert(expected.end(), second.begin(), second.end());
+    EXPECT_EQ(read_guest(mem, setup->initrd_gpa, setup->initrd_size), expected);
+}
+
+TEST_F(BootLoaderTest, EmptyInitrdPartIsAnError) {
+    std::string kernel = write_file("vmlinux", make_elf());
+    std::string empty = write_file("empty", Bytes{});
+    expect_load_error(
+        {.kernel_path = kernel, .initrd_paths = {write_file("ok", pattern(10, 1)), empty}, .cmdline = ""},
+        "initrd " + empty + ": file is empty");
 }
 
 TEST_F(BootLoaderTest, InitrdTooBig) {
@@ -682,7 +707,7 @@ TEST_F(BootLoaderTest, InitrdTooBig) {
         close(fd);
     }
     std::string kernel = write_file("vmlinux", make_elf());
-    expect_load_error({.kernel_path = kernel, .initrd_path = initrd, .cmdline = ""},
+    expect_load_error({.kernel_path = kernel, .initrd_paths = {initrd}, .cmdline = ""},
                       "initrd " + initrd + " (300 MiB) does not fit below 0x10000000");
 }
 
@@ -696,27 +721,27 @@ TEST_F(BootLoaderTest, InitrdAboveBzImageLimit) {
         close(fd);
     }
     std::string kernel = write_file("bzImage", make_bzimage({.initrd_addr_max = 0x3ff'ffff}));
-    expect_load_error({.kernel_path = kernel, .initrd_path = initrd, .cmdline = ""},
+    expect_load_error({.kernel_path = kernel, .initrd_paths = {initrd}, .cmdline = ""},
                       "does not fit below 0x4000000");
 }
 
 TEST_F(BootLoaderTest, MissingInitrd) {
     std::string kernel = write_file("vmlinux", make_elf());
     std::string initrd = (dir_ / "missing").string();
-    expect_load_error({.kernel_path = kernel, .initrd_path = initrd, .cmdline = ""},
+    expect_load_error({.kernel_path = kernel, .initrd_paths = {initrd}, .cmdline = ""},
                       "initrd " + initrd + ": open: No such file");
 }
 
 TEST_F(BootLoaderTest, EmptyInitrd) {
     std::string kernel = write_file("vmlinux", make_elf());
     std::string initrd = write_file("initrd", {});
-    expect_load_error({.kernel_path = kernel, .initrd_path = initrd, .cmdline = ""},
+    expect_load_error({.kernel_path = kernel, .initrd_paths = {initrd}, .cmdline = ""},
                       "initrd " + initrd + ": file is empty");
 }
 
 TEST_F(BootLoaderTest, GuestTooSmall) {
     std::string kernel = write_file("vmlinux", make_elf());
-    expect_load_error({.kernel_path = kernel, .initrd_path = {}, .cmdline = ""}, "does not reach past 1 MiB",
+    expect_load_error({.kernel_path = kernel, .initrd_paths = {}, .cmdline = ""}, "does not reach past 1 MiB",
                       kMiB);
 }
 
@@ -734,7 +759,7 @@ TEST_F(BootLoaderTest, RealVmlinuxHasPvhEntry) {
     if (!path) GTEST_SKIP() << "no guest vmlinux in build/guest; build the guest-kernel target";
     auto mem = make_memory();
     BootConfig config{.kernel_path = *path,
-                      .initrd_path = write_file("initrd", pattern(4096, 2)),
+                      .initrd_paths = {write_file("initrd", pattern(4096, 2))},
                       .cmdline = "console=ttyS0"};
     auto setup = load_kernel(mem, config);
     ASSERT_TRUE(setup.has_value()) << setup.error().to_string();
@@ -752,7 +777,7 @@ TEST_F(BootLoaderTest, RealBzImageHas64BitEntry) {
     if (!path) GTEST_SKIP() << "no guest bzImage in build/guest; build the guest-kernel target";
     auto mem = make_memory();
     BootConfig config{.kernel_path = *path,
-                      .initrd_path = write_file("initrd", pattern(4096, 2)),
+                      .initrd_paths = {write_file("initrd", pattern(4096, 2))},
                       .cmdline = "console=ttyS0"};
     auto setup = load_kernel(mem, config);
     ASSERT_TRUE(setup.has_value()) << setup.error().to_string();

@@ -27,22 +27,47 @@ std::optional<uint64_t> place_initrd(uint64_t size, uint64_t floor, uint64_t cei
     return start;
 }
 
-Result<LoadedInitrd> load_initrd(const GuestMemory& mem, const std::string& path, uint64_t floor,
+Result<LoadedInitrd> load_initrd(const GuestMemory& mem, std::span<const std::string> paths, uint64_t floor,
                                  uint64_t ceiling) {
-    auto in_context = [&](Error e) { return std::unexpected(with_context(std::move(e), "initrd " + path)); };
-    auto file = open_regular_file(path);
-    if (!file) return in_context(file.error());
-    if (file->size == 0) return make_error("initrd " + path + ": file is empty");
+    if (paths.empty()) return make_error("no initrd given");
+    struct Part {
+        OpenFile file;
+        uint64_t padded = 0;
+    };
+    std::vector<Part> parts;
+    uint64_t total = 0;
+    for (const std::string& path : paths) {
+        auto file = open_regular_file(path);
+        if (!file) return std::unexpected(with_context(file.error(), "initrd " + path));
+        if (file->size == 0) return make_error("initrd " + path + ": file is empty");
+        // Every part but the last is padded so the next archive starts 4-byte aligned.
+        uint64_t padded = &path == &paths.back() ? file->size : align_up(file->size, 4);
+        if (padded < file->size || total + padded < total)
+            return make_error("initrd " + path + ": too large");
+        total += padded;
+        parts.push_back({std::move(*file), padded});
+    }
 
-    auto gpa = place_initrd(file->size, floor, ceiling);
+    const std::string& name = paths.size() == 1
+                                  ? paths.front()
+                                  : paths.front() + " (+" + std::to_string(paths.size() - 1) + " more)";
+    auto gpa = place_initrd(total, floor, ceiling);
     if (!gpa) {
         return make_error(fmt::format("initrd {} ({}) does not fit below {:#x} above the kernel's end {:#x}",
-                                      path, describe_size(file->size), ceiling, floor));
+                                      name, describe_size(total), ceiling, floor));
     }
-    auto dst = mem.slice(*gpa, file->size);
-    if (!dst) return in_context(dst.error());
-    if (auto read = read_exact(file->fd.get(), *dst); !read) return in_context(read.error());
-    return LoadedInitrd{*gpa, file->size};
+    auto dst = TRY(mem.slice(*gpa, total));
+    uint64_t offset = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+        Part& part = parts[i];
+        auto into = dst.subspan(offset, part.file.size);
+        if (auto read = read_exact(part.file.fd.get(), into); !read)
+            return std::unexpected(with_context(read.error(), "initrd " + paths[i]));
+        std::fill(dst.begin() + static_cast<ptrdiff_t>(offset + part.file.size),
+                  dst.begin() + static_cast<ptrdiff_t>(offset + part.padded), uint8_t{0});
+        offset += part.padded;
+    }
+    return LoadedInitrd{*gpa, total};
 }
 
 }  // namespace sandlot::vmm::boot

@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "proto/base/error.h"
 #include "vmm/memory/guest_memory.h"
@@ -19,9 +21,12 @@ struct LoadedInitrd {
     uint64_t size = 0;
 };
 
-// Reads the file straight into guest memory at place_initrd(size, floor, ceiling). Error messages name the
-// file: "initrd /y (300 MiB) does not fit below 0x10000000 above the kernel's end 0x2000000".
-Result<LoadedInitrd> load_initrd(const GuestMemory& mem, const std::string& path, uint64_t floor,
+// Reads the files, one after the other, straight into guest memory at place_initrd(total, floor, ceiling).
+// Each part is padded with zeros to a multiple of 4 bytes: the kernel unpacks concatenated (compressed or
+// plain) cpio archives in turn, so a host can add a small per-sandbox archive to a shared one without copying
+// it. Error messages name the file: "initrd /y (300 MiB) does not fit below 0x10000000 above the kernel's end
+// 0x2000000".
+Result<LoadedInitrd> load_initrd(const GuestMemory& mem, std::span<const std::string> paths, uint64_t floor,
                                  uint64_t ceiling);
 
 }  // namespace sandlot::vmm::boot

@@ -57,7 +57,8 @@ Result<BootSetup> load_pvh(const GuestMemory& mem, const BootConfig& config, std
     TRY(write_cmdline(mem, config.cmdline));
 
     std::optional<LoadedInitrd> initrd;
-    if (config.initrd_path) initrd = TRY(load_initrd(mem, *config.initrd_path, image.end, mem.low_end()));
+    if (!config.initrd_paths.empty())
+        initrd = TRY(load_initrd(mem, config.initrd_paths, image.end, mem.low_end()));
     TRY(write_pvh_start_info(mem, layout::kCmdline, initrd, memory_map));
     return with_initrd({.mode = EntryMode::Pvh32,
                         .entry = image.entry,
@@ -84,10 +85,10 @@ Result<BootSetup> load_linux64(const GuestMemory& mem, const BootConfig& config,
     uint64_t kernel_end = load + image.load_size();
 
     std::optional<LoadedInitrd> initrd;
-    if (config.initrd_path) {
+    if (!config.initrd_paths.empty()) {
         // initrd_addr_max is the highest byte the initrd may occupy.
         uint64_t ceiling = std::min<uint64_t>(mem.low_end(), uint64_t{image.initrd_addr_max} + 1);
-        initrd = TRY(load_initrd(mem, *config.initrd_path, kernel_end, ceiling));
+        initrd = TRY(load_initrd(mem, config.initrd_paths, kernel_end, ceiling));
     }
     TRY(write_cmdline(mem, config.cmdline));
     auto params = TRY(in_context(build_boot_params(image, layout::kCmdline, initrd, memory_map), what));

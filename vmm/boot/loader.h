@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "proto/base/error.h"
 #include "vmm/memory/guest_memory.h"
@@ -19,9 +20,9 @@ namespace sandlot::vmm::boot {
 enum class EntryMode { Pvh32, Linux64 };
 
 struct BootConfig {
-    std::string kernel_path;  // ELF vmlinux with a PVH note, or a bzImage
-    std::optional<std::string> initrd_path;
-    std::string cmdline;  // full command line
+    std::string kernel_path;                // ELF vmlinux with a PVH note, or a bzImage
+    std::vector<std::string> initrd_paths;  // concatenated in this order; empty: none
+    std::string cmdline;                    // full command line
 };
 
 struct BootSetup {
