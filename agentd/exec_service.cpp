@@ -208,6 +208,9 @@ Result<void> ExecService::on_exec_start(Connection& conn, const proto::Frame& fr
         conn.send_error(stream, proto::ErrorCode::Malformed, 0, "EXEC_START: " + request.error().to_string());
         return {};
     }
+    // The boot configuration's defaults stand in for what the request leaves empty.
+    if (request->cwd.empty()) request->cwd = config_.default_cwd;
+    if (request->user.empty()) request->user = config_.default_user;
     if (state.sessions.size() >= kMaxStreams) {
         return refuse(proto::SpawnErrorKind::ResourceLimit, EAGAIN,
                       "too many exec streams on this connection (limit " + std::to_string(kMaxStreams) + ")");
@@ -245,7 +248,9 @@ Result<void> ExecService::on_exec_start(Connection& conn, const proto::Frame& fr
         user = std::move(*resolved);
         spec.identity = user;
     }
-    auto env = merge_environment(request->env, user, spec.pty);
+    std::vector<std::string> requested_env = config_.default_env;  // the request's entries win, by key
+    requested_env.insert(requested_env.end(), request->env.begin(), request->env.end());
+    auto env = merge_environment(requested_env, user, spec.pty);
     if (!env) return refuse(proto::SpawnErrorKind::BadRequest, 0, env.error().to_string());
     spec.env = std::move(*env);
 

@@ -17,6 +17,7 @@
 #include <deque>
 #include <memory>
 #include <optional>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -30,6 +31,13 @@ struct ExecConfig {
     UserDbPaths user_db;
     // RLIMIT_NOFILE the agent started with: children get it back (the agent raises its own soft limit).
     std::optional<rlimit> child_nofile;
+    // Defaults from the boot configuration. default_env ("K=V") is laid over the built-in environment and
+    // the request's env over it, key by key. default_cwd is used when the request has no cwd ("" = the
+    // user's home, or /); default_user when the request has no user ("" = root, or the agent's own user
+    // when it is not root).
+    std::vector<std::string> default_env;
+    std::string default_cwd;
+    std::string default_user;
 };
 
 class ExecService {

@@ -162,7 +162,7 @@ void setup_pid1() {
     if (sethostname("sandlot", 7) != 0) log_errno("sethostname");
 
     // Commands started later inherit a usable PATH (the kernel gives init only HOME and TERM).
-    setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 0);
+    setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/run/sandlot/bin", 0);
 }
 
 }  // namespace sandlot::agent

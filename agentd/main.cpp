@@ -5,11 +5,16 @@
 // until SHUTDOWN or an init power-off signal, then syncs and restarts the VM (the VMM's "done"). argv is
 // ignored in this mode: the kernel hands init whatever command-line words it did not recognise.
 //
+// As PID 1, when the initramfs holds a boot configuration (proto::kBootConfigPath), it sets up storage from
+// it right after the basic mounts (agentd/storage.h) and takes its exec defaults; a storage failure is logged
+// ("agentd: storage: ...") and powers the VM off.
+//
 // Given --listen-unix, --listen-vsock or --notify-unix it is a plain process for tests and manual use (even
 // as PID 1, e.g. under `unshare --pid --fork`), serving the same protocol without touching the system. It is
 // then a child subreaper, so orphans of the processes it runs are reaped by it. SHUTDOWN or SIGTERM make it
-// exit 0:
-//   agentd --listen-unix PATH | --listen-vsock PORT  [--notify-unix PATH]   (each may repeat)
+// exit 0. --boot-config FILE takes only the exec defaults (env, workdir, user) from a boot configuration;
+// nothing is mounted:
+//   agentd --listen-unix PATH | --listen-vsock PORT  [--notify-unix PATH] [--boot-config FILE]
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
 #include <sys/prctl.h>
@@ -25,11 +30,14 @@
 #include <vector>
 
 #include "agentd/exec_service.h"
+#include "agentd/exec_spawn.h"
 #include "agentd/hello.h"
 #include "agentd/init.h"
 #include "agentd/log.h"
 #include "agentd/server.h"
 #include "agentd/shutdown.h"
+#include "agentd/storage.h"
+#include "proto/boot_config.h"
 
 namespace sandlot::agent {
 namespace {
@@ -70,14 +78,38 @@ void ensure_stdio_open() {
     }
 }
 
+// The boot configuration's defaults for every exec.
+void add_exec_defaults(ExecConfig& exec, const proto::BootConfig& boot) {
+    exec.default_env.insert(exec.default_env.end(), boot.env.begin(), boot.env.end());
+    exec.default_cwd = boot.workdir;  // empty: the user's home, as without a boot configuration
+    exec.default_user = boot.user;
+}
+
+// A broken storage setup ends the VM; the host reports the line logged here.
+[[noreturn]] void storage_failed(const Error& error) {
+    log_line("storage: " + error.to_string());
+    power_off("storage setup failed");
+}
+
 [[noreturn]] void run_as_init(uint64_t start_ns) {
     setup_pid1();
+    // Storage comes before anything else reads the filesystem: afterwards "/" may be another root.
+    auto boot = load_boot_config();
+    if (!boot) storage_failed(boot.error());
+    if (*boot) {
+        if (auto ok = setup_storage(**boot); !ok) storage_failed(ok.error());
+    }
     BootOptions options = parse_kernel_cmdline(read_kernel_cmdline());
     auto child_nofile = raise_fd_limit();
 
     auto server = Server::create(start_ns);
     if (!server) power_off("cannot start: " + server.error().to_string());
-    auto exec = ExecService::install(**server, ExecConfig{{}, child_nofile});
+    ExecConfig exec_config;
+    exec_config.child_nofile = child_nofile;
+    // Scripts are found by name from every exec (a boot env's own PATH replaces this one).
+    exec_config.default_env.push_back(std::string("PATH=") + kDefaultPath + ":" + proto::kScriptDir);
+    if (*boot) add_exec_defaults(exec_config, **boot);
+    auto exec = ExecService::install(**server, std::move(exec_config));
 
     bool reachable = true;
     if (auto ok = (*server)->listen_vsock(options.port); !ok) {
@@ -101,7 +133,7 @@ void ensure_stdio_open() {
 
 void usage() {
     std::fputs(
-        "usage: agentd --listen-unix PATH | --listen-vsock PORT [--notify-unix PATH]\n"
+        "usage: agentd --listen-unix PATH | --listen-vsock PORT [--notify-unix PATH] [--boot-config FILE]\n"
         "  As PID 1 agentd ignores its arguments and reads sandlot.port= / sandlot.notify= from "
         "/proc/cmdline.\n",
         stderr);
@@ -109,6 +141,7 @@ void usage() {
 
 int run_host_mode(int argc, char** argv, uint64_t start_ns) {
     std::vector<std::string> listen_unix, notify_unix;
+    std::string boot_config;
     std::vector<uint32_t> listen_vsock;
     for (int i = 1; i < argc; ++i) {
         std::string_view arg = argv[i];
@@ -126,6 +159,8 @@ int run_host_mode(int argc, char** argv, uint64_t start_ns) {
             listen_unix.emplace_back(value);
         } else if (arg == "--notify-unix") {
             notify_unix.emplace_back(value);
+        } else if (arg == "--boot-config") {
+            boot_config = value;
         } else if (arg == "--listen-vsock") {
             uint32_t port = 0;
             auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), port);
@@ -155,7 +190,17 @@ int run_host_mode(int argc, char** argv, uint64_t start_ns) {
         log_line(server.error().to_string());
         return 1;
     }
-    auto exec = ExecService::install(**server, ExecConfig{{}, child_nofile});
+    ExecConfig exec_config;
+    exec_config.child_nofile = child_nofile;
+    if (!boot_config.empty()) {
+        auto boot = load_boot_config(boot_config);
+        if (!boot || !*boot) {
+            log_line(boot ? boot_config + ": No such file or directory" : boot.error().to_string());
+            return 1;
+        }
+        add_exec_defaults(exec_config, **boot);
+    }
+    auto exec = ExecService::install(**server, std::move(exec_config));
     for (const auto& path : listen_unix) {
         if (auto ok = (*server)->listen_unix(path); !ok) {
             log_line(ok.error().to_string());
