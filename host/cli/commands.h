@@ -10,5 +10,6 @@ using CommandRunner = std::function<int()>;
 
 CommandRunner add_boot_command(CLI::App& app);
 CommandRunner add_run_command(CLI::App& app);
+CommandRunner add_volume_command(CLI::App& app);
 
 }  // namespace sandlot::cli

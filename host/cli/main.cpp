@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
     std::map<std::string, sandlot::cli::CommandRunner> commands = {
         {"boot", sandlot::cli::add_boot_command(app)},
         {"run", sandlot::cli::add_run_command(app)},
+        {"volume", sandlot::cli::add_volume_command(app)},
     };
 
     try {

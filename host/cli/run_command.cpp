@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "host/cli/commands.h"
+#include "host/cli/storage_args.h"
 #include "host/lib/attach.h"
 #include "host/lib/exec.h"
 #include "host/lib/sandbox.h"
@@ -39,6 +40,8 @@ struct SandboxArgs {
     uint64_t memory_mib = 256;
     uint32_t cpus = 1;
     double boot_timeout_s = 60;
+    std::string console;  // file for the guest console; "" = kept privately (and shown on boot failures)
+    StorageArgs storage;
 };
 
 // What runs in it and how. `sandlot exec` will share these.
@@ -226,8 +229,12 @@ int run(const RunArgs& args) {
     RunDirectory dir;
     if (dir.path.empty())
         return fail(std::string("cannot create a runtime directory: ") + std::strerror(errno));
+    auto storage = to_storage_options(args.sandbox.storage);
+    if (!storage) return fail(storage.error().to_string());
     host::SandboxOptions options;
+    options.storage = std::move(*storage);
     options.memory_mib = args.sandbox.memory_mib;
+    if (!args.sandbox.console.empty()) options.console = "file:" + args.sandbox.console;
     options.cpus = args.sandbox.cpus;
     options.ready_timeout = to_ms(args.sandbox.boot_timeout_s);
     options.vmm_log = dir.vmm_log();
@@ -255,6 +262,9 @@ CommandRunner add_run_command(CLI::App& app) {
     cmd->add_option("--cpus", box.cpus, "Number of vCPUs")->capture_default_str();
     cmd->add_option("--boot-timeout", box.boot_timeout_s, "Seconds to wait for the sandbox to become ready")
         ->capture_default_str();
+    cmd->add_option("--console", box.console,
+                    "Write the guest console (kernel and agentd messages) to this file, for debugging");
+    add_storage_options(*cmd, box.storage);
 
     auto& proc = args->process;
     cmd->add_option("-e,--env", proc.env, "Set KEY=VALUE in the command's environment (KEY alone: from here)")

@@ -1,5 +1,7 @@
 #include "host/lib/paths.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 
@@ -17,6 +19,35 @@ std::string bin_dir() {
 std::string guest_dir() {
     if (const char* env = std::getenv("SANDLOT_GUEST_DIR"); env && *env) return env;
     return (fs::path(bin_dir()).parent_path() / "guest").string();
+}
+
+std::string image_dir() {
+    if (const char* env = std::getenv("SANDLOT_IMAGE_DIR"); env && *env) return env;
+    return guest_dir() + "/images";
+}
+
+std::string state_dir() {
+    if (const char* env = std::getenv("SANDLOT_STATE_DIR"); env && *env) return env;
+    if (geteuid() == 0) return "/var/lib/sandlot";
+    if (const char* data = std::getenv("XDG_DATA_HOME"); data && *data) return std::string(data) + "/sandlot";
+    const char* home = std::getenv("HOME");
+    return std::string(home && *home ? home : "/tmp") + "/.local/share/sandlot";
+}
+
+std::optional<std::string> find_program(const std::string& name) {
+    std::string dirs = std::getenv("PATH") ? std::getenv("PATH") : "";
+    dirs += ":/usr/sbin:/sbin:/usr/bin:/bin";
+    size_t start = 0;
+    while (start <= dirs.size()) {
+        size_t colon = dirs.find(':', start);
+        if (colon == std::string::npos) colon = dirs.size();
+        std::string dir = dirs.substr(start, colon - start);
+        start = colon + 1;
+        if (dir.empty()) continue;
+        std::string candidate = dir + "/" + name;
+        if (access(candidate.c_str(), X_OK) == 0) return candidate;
+    }
+    return std::nullopt;
 }
 
 }  // namespace sandlot::host

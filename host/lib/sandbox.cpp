@@ -1,8 +1,10 @@
 #include "host/lib/sandbox.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -46,6 +48,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::boot(SandboxOptions options) {
     sandbox->options_ = options;
     sandbox->runtime_dir_ = TRY(make_runtime_dir());
     sandbox->vsock_uds_ = sandbox->runtime_dir_ + "/vsock.sock";
+    sandbox->storage_ = TRY(prepare_storage(options.storage, sandbox->runtime_dir_));
     TRY(sandbox->wait_for_agent());
     return sandbox;
 }
@@ -60,11 +63,15 @@ Result<void> Sandbox::wait_for_agent() {
     }
     if (!options_.cmdline.empty()) cmdline += " " + options_.cmdline;
 
+    std::string console = options_.console;
+    if (console == "none") console = "file:" + console_log();
     std::vector<std::string> argv = {options_.vmm,
                                      "--kernel",
                                      options_.kernel,
                                      "--initrd",
                                      options_.initrd,
+                                     "--initrd",
+                                     storage_.boot_initrd,
                                      "--memory",
                                      std::to_string(options_.memory_mib),
                                      "--cpus",
@@ -72,9 +79,10 @@ Result<void> Sandbox::wait_for_agent() {
                                      "--vsock-uds",
                                      vsock_uds_,
                                      "--console",
-                                     options_.console,
+                                     console,
                                      "--cmdline",
                                      cmdline};
+    argv.insert(argv.end(), storage_.vmm_args.begin(), storage_.vmm_args.end());
     auto start = Clock::now();
     vmm_ = TRY(ChildProcess::spawn(argv, options_.vmm_log));
     auto deadline = start + options_.ready_timeout;
@@ -82,8 +90,10 @@ Result<void> Sandbox::wait_for_agent() {
     auto vmm_gone = [&]() -> std::optional<Error> {
         auto status = vmm_->wait(std::chrono::milliseconds(0));
         if (!status) return std::nullopt;
-        return Error{0, "sandlot-vmm exited with status " + std::to_string(*status) +
-                            " before the guest agent was ready"};
+        std::string message =
+            "sandlot-vmm exited with status " + std::to_string(*status) + " before the guest agent was ready";
+        if (auto words = agent_last_words(); !words.empty()) message += ": " + words;
+        return Error{0, message};
     };
     auto timed_out = [&] {
         return Error{ETIMEDOUT, "guest agent not ready within " +
@@ -120,6 +130,36 @@ Result<void> Sandbox::wait_for_agent() {
     agent_ = TRY(AgentConnection::open(std::move(stream)));
     boot_to_agent_ = Clock::now() - start;
     return {};
+}
+
+std::string Sandbox::console_log() const {
+    if (options_.console.starts_with("file:")) return options_.console.substr(5);
+    return runtime_dir_ + "/console.log";
+}
+
+std::string Sandbox::agent_last_words() const {
+    // agentd's fatal boot errors are one console line: "agentd: storage: ...". Read the log's tail.
+    UniqueFd fd(open(console_log().c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return "";
+    off_t size = lseek(fd.get(), 0, SEEK_END);
+    std::string text(static_cast<size_t>(std::min<off_t>(std::max<off_t>(size, 0), 16384)), '\0');
+    ssize_t n = pread(fd.get(), text.data(), text.size(), size - static_cast<off_t>(text.size()));
+    text.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    std::string last;
+    size_t start = 0;
+    while (start < text.size()) {
+        size_t end = text.find('\n', start);
+        if (end == std::string::npos) end = text.size();
+        std::string line = text.substr(start, end - start);
+        while (!line.empty() && line.back() == '\r')
+            line.pop_back();
+        // The reason, not the "powering off" line that follows it.
+        auto at = line.find("agentd: ");
+        if (at != std::string::npos && (last.empty() || line.find("agentd: powering off") == std::string::npos))
+            last = line.substr(at);
+        start = end + 1;
+    }
+    return last;
 }
 
 Sandbox::~Sandbox() {

@@ -15,6 +15,7 @@
 
 #include "host/lib/agent_connection.h"
 #include "host/lib/process.h"
+#include "host/lib/storage.h"
 #include "proto/base/error.h"
 
 namespace sandlot::host {
@@ -29,12 +30,15 @@ struct SandboxOptions {
     std::string vmm;     // default: bin_dir()/sandlot-vmm
     uint64_t memory_mib = 256;
     uint32_t cpus = 1;
-    std::string cmdline;                 // appended to the kernel command line
-    std::string console = "none";        // sandlot-vmm --console: none | stdout | file:PATH
+    std::string cmdline;  // appended to the kernel command line
+    // sandlot-vmm --console: none | stdout | file:PATH. "none" still keeps the guest console in the runtime
+    // directory, so that a guest that fails to boot (agentd cannot mount the root, ...) can say why.
+    std::string console = "none";
     std::optional<std::string> vmm_log;  // the VMM's stdout+stderr go here (else inherited)
     std::chrono::milliseconds ready_timeout{60'000};
     // Wait for the agent by retrying CONNECT instead of its boot-time notification connection.
     bool wait_by_polling = false;
+    StorageOptions storage;  // root filesystem, volumes, patches, exec defaults
 };
 
 class Sandbox {
@@ -47,6 +51,7 @@ class Sandbox {
     // Host-measured time from spawning the VMM to receiving the agent's HELLO.
     std::chrono::nanoseconds boot_to_agent() const { return boot_to_agent_; }
     const std::string& vsock_uds() const { return vsock_uds_; }
+    const std::string& runtime_dir() const { return runtime_dir_; }
     pid_t vmm_pid() const { return vmm_->pid(); }
 
     // A new connection to the agent through the vsock socket's CONNECT handshake.
@@ -61,10 +66,14 @@ class Sandbox {
   private:
     Sandbox() = default;
     Result<void> wait_for_agent();
+    std::string console_log() const;
+    // agentd's last console line ("agentd: ..."), if any: why a guest stopped during boot.
+    std::string agent_last_words() const;
 
     SandboxOptions options_;
     std::string runtime_dir_;
     std::string vsock_uds_;
+    PreparedStorage storage_;
     std::optional<ChildProcess> vmm_;
     std::unique_ptr<AgentConnection> agent_;
     std::chrono::nanoseconds boot_to_agent_{0};
