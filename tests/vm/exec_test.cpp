@@ -345,9 +345,10 @@ TEST_F(ExecVm, ExitCodesAndSignals) {
 
 TEST_F(ExecVm, GuestIsNamedAndHasAUserland) {
     auto out = exec_ok({.argv = {"sh", "-c", "uname -n; echo $PATH; ls /bin/busybox /etc/passwd"}});
-    EXPECT_EQ(
-        out.stdout_data,
-        "sandlot\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/bin/busybox\n/etc/passwd\n");
+    EXPECT_EQ(out.stdout_data,
+              "sandlot\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/run/sandlot/bin\n/bin/"
+              "busybox\n/"
+              "etc/passwd\n");
     EXPECT_EQ(out.status.exit_code, 0);
     // The agent runs real-time (so a fork bomb cannot starve it); what it starts runs as normal processes.
     auto policy = exec_ok({.argv = {"sh", "-c", "cut -d' ' -f41 /proc/1/stat /proc/self/stat"}});
