@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <thread>
 
+#include "agentd/log.h"
 #include "proto/base/unique_fd.h"
 
 namespace sandlot::agent {
@@ -149,6 +150,14 @@ Result<std::string> mount_disk(const DiskMount& request) {
         if (mount(request.device.c_str(), request.target.c_str(), type.c_str(), flags, nullptr) == 0)
             return type;
         int err = errno;
+        // A read-only disk whose journal needs replaying (its last writer was killed) cannot be mounted as
+        // is: mount it without replaying, which shows the state as of the last commit.
+        if (err == EROFS && request.read_only && type.starts_with("ext") &&
+            mount(request.device.c_str(), request.target.c_str(), type.c_str(), flags, "noload") == 0) {
+            log_line(request.device +
+                     ": journal not replayed (read-only disk); recent writes may be missing");
+            return type;
+        }
         if (types.size() == 1) return make_error(what + " (" + type + ")", err);
         if (telling_errno == 0 && err != EINVAL && err != ENODEV) telling_errno = err;
     }

@@ -11,6 +11,7 @@
 
 #include "agentd/log.h"
 #include "agentd/patches.h"
+#include "agentd/shutdown.h"
 #include "proto/base/unique_fd.h"
 
 namespace sandlot::agent {
@@ -88,6 +89,7 @@ Result<void> mount_upper(const BootRoot& root, const std::string& target, const 
     std::string device = TRY(in_context(find_disk(root.upper_source, env), context));
     DiskMount request{device, target, "", false, 0, env.proc_filesystems};
     TRY(in_context(mount_disk(request), context));
+    freeze_at_power_off(target, device);  // opened now: the staging mount is detached later
     return {};
 }
 
@@ -192,6 +194,7 @@ Result<void> mount_volume(int root_fd, const BootMount& volume, const StorageEnv
             std::string device = TRY(in_context(find_disk(volume.source, env), context));
             DiskMount request{device, target, volume.fstype, volume.read_only, 0, env.proc_filesystems};
             TRY(in_context(mount_disk(request), context));
+            if (!volume.read_only) freeze_at_power_off(volume.target, device);
             return {};
         }
         case BootMount::Kind::Tmpfs:
