@@ -15,11 +15,7 @@
 
 namespace sandlot::agent {
 
-namespace {
-
-constexpr size_t kMaxSmallFile = 64 * 1024;  // /proc/filesystems, sysfs attributes: far smaller
-
-Result<std::string> read_small_file(const std::string& path) {
+Result<std::string> read_small_file(const std::string& path, size_t max_bytes) {
     UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd) return errno_error("open " + path);
     std::string text;
@@ -30,10 +26,12 @@ Result<std::string> read_small_file(const std::string& path) {
         if (n < 0) return errno_error("read " + path);
         if (n == 0) break;
         text.append(buf, static_cast<size_t>(n));
-        if (text.size() > kMaxSmallFile) return make_error("read " + path + ": unexpectedly large");
+        if (text.size() > max_bytes) return make_error("read " + path + ": unexpectedly large");
     }
     return text;
 }
+
+namespace {
 
 // Whole-disk virtio-blk names: "vd" followed by letters (partitions are not listed under /sys/block).
 bool is_virtio_disk_name(std::string_view name) {
@@ -53,7 +51,7 @@ Found scan(std::string_view serial, const DiskLookupPaths& paths) {
     while (dirent* entry = readdir(dir)) {
         std::string_view name = entry->d_name;
         if (!is_virtio_disk_name(name)) continue;
-        auto text = read_small_file(block + "/" + std::string(name) + "/serial");
+        auto text = read_small_file(block + "/" + std::string(name) + "/serial", kMaxSmallFile);
         if (text && trim_serial(*text) == serial) found.names.emplace_back(name);
     }
     closedir(dir);
@@ -138,7 +136,7 @@ Result<std::string> mount_disk(const DiskMount& request) {
     if (!request.fstype.empty()) {
         types.push_back(request.fstype);
     } else {
-        auto text = read_small_file(request.proc_filesystems);
+        auto text = read_small_file(request.proc_filesystems, kMaxSmallFile);
         if (!text) return std::unexpected(text.error());
         types = probe_candidates(*text);
         if (types.empty()) return make_error("no block filesystems listed in " + request.proc_filesystems);

@@ -22,6 +22,10 @@ struct DiskLookupPaths {
 // The serial a virtio-blk disk reports in sysfs: the file's text up to the first NUL or newline.
 std::string_view trim_serial(std::string_view text);
 
+// A whole small file (sysfs attributes, /proc files, the boot configuration), refusing more than max_bytes.
+inline constexpr size_t kMaxSmallFile = 64 * 1024;
+Result<std::string> read_small_file(const std::string& path, size_t max_bytes);
+
 // The block device node of the virtio disk whose serial is `serial` ("/dev/vdb"), once both its sysfs entry
 // and its node exist. Disks normally exist before init runs (virtio probes first); the lookup retries every
 // few milliseconds for at most `wait` in case one is late. Two disks with the same serial are an error.

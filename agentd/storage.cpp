@@ -207,22 +207,12 @@ Result<void> mount_volume(int root_fd, const BootMount& volume, const StorageEnv
 }  // namespace
 
 Result<std::optional<proto::BootConfig>> load_boot_config(const std::string& path) {
-    UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) {
-        if (errno == ENOENT) return std::optional<proto::BootConfig>{};
-        return errno_error("open " + path);
+    auto text = read_small_file(path, kMaxBootConfig);
+    if (!text) {
+        if (text.error().code == ENOENT) return std::optional<proto::BootConfig>{};
+        return std::unexpected(text.error());
     }
-    std::string text;
-    char buf[16384];
-    for (;;) {
-        ssize_t n = read(fd.get(), buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return errno_error("read " + path);
-        if (n == 0) break;
-        text.append(buf, static_cast<size_t>(n));
-        if (text.size() > kMaxBootConfig) return make_error(path + ": larger than 16 MiB");
-    }
-    auto config = proto::parse_boot_config(text);
+    auto config = proto::parse_boot_config(*text);
     if (!config) return std::unexpected(with_context(config.error(), path));
     return std::optional<proto::BootConfig>(std::move(*config));
 }
