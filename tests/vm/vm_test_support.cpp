@@ -104,7 +104,11 @@ SandlotRun run_sandlot(const std::vector<std::string>& args, const SandlotRunOpt
     auto deadline = start + options.timeout;
     bool killed = false;
     std::optional<std::chrono::steady_clock::time_point> resume_reading;
+    // After a kill, whatever still holds the pipes (a stuck grandchild) gets a few seconds, not forever: a
+    // test must fail, never hang the suite.
+    constexpr auto kGrace = std::chrono::seconds(10);
     while (out[0] >= 0 || err[0] >= 0) {
+        if (killed && std::chrono::steady_clock::now() > deadline + kGrace) break;
         bool paused = resume_reading && std::chrono::steady_clock::now() < *resume_reading;
         pollfd fds[3] = {{paused ? -1 : out[0], POLLIN, 0}, {err[0], POLLIN, 0}, {in[1], POLLOUT, 0}};
         poll(fds, 3, 100);
@@ -143,10 +147,15 @@ SandlotRun run_sandlot(const std::vector<std::string>& args, const SandlotRunOpt
             if (options.on_stdout) options.on_stdout(pid, run.out);
         }
     }
-    if (in[1] >= 0) close(in[1]);
+    for (int fd : {in[1], out[0], err[0]})
+        if (fd >= 0) close(fd);
     int status = 0;
     // The pipes are closed once sandlot exits: sample its memory until then.
     while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (killed && std::chrono::steady_clock::now() > deadline + 2 * kGrace) {
+            ADD_FAILURE() << "sandlot (pid " << pid << ") does not die even after SIGKILL";
+            break;
+        }
         run.peak_rss_kib = std::max(run.peak_rss_kib, peak_rss_kib(pid));
         if (!killed && std::chrono::steady_clock::now() > deadline) {
             kill(pid, SIGKILL);
