@@ -3,7 +3,8 @@ BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
 
-.PHONY: all setup build build-asan demo test test-unit test-vm bench-boot bench-exec fuzz asan format clean
+.PHONY: all setup build build-asan images demo test test-unit test-vm bench-boot bench-exec bench-storage fuzz asan \
+	format clean
 
 all: build
 
@@ -18,19 +19,23 @@ build-asan: setup
 	@cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DSANDLOT_SANITIZE=ON >/dev/null
 	@cmake --build build-asan
 
+# The built-in root images debian and python (debootstrap from the Debian mirror; cached, minutes the first time).
+images: build
+	@cmake --build $(BUILD) --target guest-images
+
 # Boots a sandbox with our VMM and talks to its agent over vsock (inside the nested rig on PVM hosts).
 demo: build
 	@tools/demo $(BUILD)
 
 # Unit tests on the host, then the VM suite (directly on hardware KVM, in the nested rig on PVM hosts), for the
 # normal build and for the AddressSanitizer + UndefinedBehaviorSanitizer build.
-test: build build-asan
+test: build build-asan images
 	@tools/test $(BUILD) build-asan
 
 test-unit: build
 	@tools/test --unit-only $(BUILD)
 
-test-vm: build
+test-vm: build images
 	@tools/test --vm-only $(BUILD)
 
 # Boot time against QEMU microvm on the same kernel and initramfs, and the VMM's own memory overhead.
@@ -41,6 +46,12 @@ bench-boot: build
 # then in a sandbox (directly on hardware KVM, in the nested rig on PVM hosts).
 bench-exec: build
 	@benchmarks/exec/run $(BUILD)
+
+# File I/O through virtio-blk and virtio-fs in a sandbox against the host file system (and virtio-blk against
+# QEMU's), boot time with the base and debian images; host part first, then the VM part (directly on hardware
+# KVM, in the nested rig on PVM hosts). One line per figure: name sandlot=<x> host=<y> ratio=<x/y>.
+bench-storage: build
+	@benchmarks/storage/run $(BUILD)
 
 # The wire codec's libFuzzer target (clang-16, ASan + UBSan) for a longer run than the one in `make test`.
 FUZZ_TIME ?= 120

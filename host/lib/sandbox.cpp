@@ -155,7 +155,8 @@ std::string Sandbox::agent_last_words() const {
             line.pop_back();
         // The reason, not the "powering off" line that follows it.
         auto at = line.find("agentd: ");
-        if (at != std::string::npos && (last.empty() || line.find("agentd: powering off") == std::string::npos))
+        if (at != std::string::npos &&
+            (last.empty() || line.find("agentd: powering off") == std::string::npos))
             last = line.substr(at);
         start = end + 1;
     }

@@ -311,7 +311,7 @@ TEST_F(HostStorage, NamedVolumeLifecycle) {
     ASSERT_TRUE(remove_volume("data-1"));
     EXPECT_FALSE(inspect_volume("data-1"));
     EXPECT_FALSE(remove_volume("data-1"));
-    for (const char* bad : {"", ".hidden", "a/b", "..", std::string(65, 'a').c_str()})
+    for (const std::string& bad : std::vector<std::string>{"", ".hidden", "a/b", "..", std::string(65, 'a')})
         EXPECT_FALSE(check_volume_name(bad)) << bad;
 }
 

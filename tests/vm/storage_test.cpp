@@ -218,8 +218,8 @@ TEST_F(StorageVm, CorruptRootImageIsAClearBootError) {
     ASSERT_TRUE(host::create_ext4_image(image, 32ull << 20));
     {
         std::fstream f(image, std::ios::in | std::ios::out | std::ios::binary);
-        // The block group descriptors (block 1 with 4 KiB blocks, block 2 with 1 KiB ones), not the superblock
-        // at 1024: the guest kernel checks their checksums and refuses the mount.
+        // The block group descriptors (block 1 with 4 KiB blocks, block 2 with 1 KiB ones), not the
+        // superblock at 1024: the guest kernel checks their checksums and refuses the mount.
         f.seekp(2048);
         std::string junk(6144, '\xa5');
         f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
