@@ -184,7 +184,8 @@ Result<host::StorageOptions> to_storage_options(const StorageArgs& args) {
     }
     for (const auto& spec : args.scripts) {
         auto [name, file] = TRY(split_eq(spec, "--script", "NAME=HOSTFILE"));
-        options.scripts.push_back({name, TRY(read_host_file(file, "--script"))});
+        std::string content = TRY(read_host_file(file, "--script"));
+        options.scripts.push_back({name, content});
     }
     options.hostname = args.hostname;
     return options;

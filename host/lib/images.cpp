@@ -92,7 +92,9 @@ Result<ResolvedImage> resolve_image(const std::string& spec) {
                               " is missing): run `make images`, or tools/build-image " + spec);
         }
         path = fs::canonical(path, ec).string();
-        return ResolvedImage{ResolvedImage::Kind::Disk, path, TRY(probe_disk_filesystem(path))};
+        // Not TRY inside the braces: an early return from there leaks the members already built.
+        std::string fstype = TRY(probe_disk_filesystem(path));
+        return ResolvedImage{ResolvedImage::Kind::Disk, path, fstype};
     }
 
     struct stat st;
@@ -101,7 +103,8 @@ Result<ResolvedImage> resolve_image(const std::string& spec) {
     std::string path = fs::canonical(spec, ec).string();
     if (ec) return make_error("image " + spec + ": " + ec.message());
     if (S_ISDIR(st.st_mode)) return ResolvedImage{ResolvedImage::Kind::Directory, path, ""};
-    return ResolvedImage{ResolvedImage::Kind::Disk, path, TRY(probe_disk_filesystem(path))};
+    std::string fstype = TRY(probe_disk_filesystem(path));
+    return ResolvedImage{ResolvedImage::Kind::Disk, path, fstype};
 }
 
 }  // namespace sandlot::host

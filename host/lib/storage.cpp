@@ -342,7 +342,8 @@ Result<PreparedStorage> prepare_storage(const StorageOptions& options, const std
             script.name == "..") {
             return make_error("script name \"" + script.name + "\" is not a plain file name");
         }
-        config.scripts.push_back({script.name, TRY(assembly.add_payload(script.content))});
+        std::string source = TRY(assembly.add_payload(script.content));
+        config.scripts.push_back({script.name, source});
     }
     for (const std::string& entry : options.env) {
         if (entry.empty() || entry.front() == '=' || entry.find('=') == std::string::npos)
