@@ -44,9 +44,9 @@
 namespace sandlot::vmm {
 
 struct MachineConfig {
-    std::string kernel;                 // ELF vmlinux (PVH) or bzImage
-    std::vector<std::string> initrds;   // initramfs images, concatenated in order
-    std::string cmdline_extra;          // appended to the default command line
+    std::string kernel;                // ELF vmlinux (PVH) or bzImage
+    std::vector<std::string> initrds;  // initramfs images, concatenated in order
+    std::string cmdline_extra;         // appended to the default command line
     uint64_t memory_mib = 256;
     uint32_t vcpus = 1;
     std::string console = "stdout";  // stdout | none | file:PATH

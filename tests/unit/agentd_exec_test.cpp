@@ -399,9 +399,23 @@ void expect_spawn_failure(const Outcome& o, proto::SpawnErrorKind kind) {
     EXPECT_FALSE(o.started);
 }
 
+// A /proc file of a process that may exit while we read it ("" then). Not through std::ifstream: libstdc++
+// throws when read() fails with ESRCH halfway through.
+std::string read_proc_file(const std::string& path) {
+    std::string text;
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return text;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof buf)) > 0)
+        text.append(buf, static_cast<size_t>(n));
+    ::close(fd);
+    return n < 0 ? std::string() : text;
+}
+
 // A field of /proc/<pid>/status in kB, or -1.
 long status_kib(pid_t pid, const std::string& field) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::istringstream in(read_proc_file("/proc/" + std::to_string(pid) + "/status"));
     std::string line;
     while (std::getline(in, line)) {
         if (line.rfind(field + ":", 0) == 0) return std::stol(line.substr(field.size() + 1));
@@ -417,8 +431,7 @@ std::vector<std::pair<pid_t, char>> children_of(pid_t parent) {
     while (dirent* entry = readdir(dir)) {
         pid_t pid = std::atoi(entry->d_name);
         if (pid <= 0) continue;
-        std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-        std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        std::string text = read_proc_file("/proc/" + std::to_string(pid) + "/stat");
         size_t paren = text.rfind(')');
         if (paren == std::string::npos) continue;
         std::istringstream fields(text.substr(paren + 1));
@@ -434,11 +447,10 @@ std::vector<std::pair<pid_t, char>> children_of(pid_t parent) {
 bool process_gone(pid_t pid, std::chrono::milliseconds timeout) {
     auto deadline = Clock::now() + timeout;
     while (Clock::now() < deadline) {
-        std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-        std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        std::string text = read_proc_file("/proc/" + std::to_string(pid) + "/stat");
         size_t paren = text.rfind(')');
         // Gone, or a zombie of someone else (the kill worked; reaping it is not the agent's job here).
-        if (!in || paren == std::string::npos || text[paren + 2] == 'Z') return true;
+        if (paren == std::string::npos || paren + 2 >= text.size() || text[paren + 2] == 'Z') return true;
         std::this_thread::sleep_for(10ms);
     }
     return false;

@@ -47,7 +47,17 @@ namespace {
 
 // A "Vm...:" figure of a live process's /proc status in KiB; 0 once it is a zombie (its memory is gone).
 uint64_t vm_status_kib(pid_t pid, const std::string& field) {
-    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    // Read with read(2): libstdc++ streams throw when the process exits halfway through (ESRCH).
+    std::string text;
+    int fd = ::open(("/proc/" + std::to_string(pid) + "/status").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        char buf[4096];
+        ssize_t n;
+        while ((n = ::read(fd, buf, sizeof buf)) > 0)
+            text.append(buf, static_cast<size_t>(n));
+        ::close(fd);
+    }
+    std::istringstream status(text);
     std::string line;
     while (std::getline(status, line)) {
         if (line.starts_with(field + ":")) return std::strtoull(line.c_str() + field.size() + 1, nullptr, 10);
