@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "agentd/log.h"
+#include "proto/frame.h"
 
 #ifndef STATX_ATTR_MOUNT_ROOT
 #define STATX_ATTR_MOUNT_ROOT 0x00002000
@@ -112,19 +113,14 @@ UniqueFd open_dir_nofollow(int dir_fd, const std::string& name) {
 }
 
 Result<void> copy_bytes(int in, int out, const std::string& from, const std::string& to) {
-    std::vector<char> buffer(kCopyBuffer);
+    std::vector<uint8_t> buffer(kCopyBuffer);
     for (;;) {
         ssize_t n = read(in, buffer.data(), buffer.size());
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return errno_error("read " + from);
         if (n == 0) return {};
-        size_t done = 0;
-        while (done < static_cast<size_t>(n)) {
-            ssize_t w = write(out, buffer.data() + done, static_cast<size_t>(n) - done);
-            if (w < 0 && errno == EINTR) continue;
-            if (w < 0) return errno_error("write " + to);
-            done += static_cast<size_t>(w);
-        }
+        if (auto written = proto::write_all(out, std::span(buffer.data(), static_cast<size_t>(n))); !written)
+            return make_error("write " + to, written.error().code);
     }
 }
 

@@ -15,6 +15,7 @@
 #include "host/lib/volumes.h"
 #include "initramfs/cpio_writer.h"
 #include "proto/boot_config.h"
+#include "proto/frame.h"
 
 namespace sandlot::host {
 
@@ -93,13 +94,8 @@ class Assembly {
         std::string path = runtime_dir_ + "/boot.cpio";
         UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
         if (!fd) return errno_error("write " + path);
-        size_t done = 0;
-        while (done < archive.size()) {
-            ssize_t n = write(fd.get(), archive.data() + done, archive.size() - done);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) return errno_error("write " + path);
-            done += static_cast<size_t>(n);
-        }
+        if (auto written = proto::write_all(fd.get(), archive); !written)
+            return make_error("write " + path, written.error().code);
         return PreparedStorage{std::move(vmm_args_), path};
     }
 

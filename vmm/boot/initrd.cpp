@@ -48,9 +48,9 @@ Result<LoadedInitrd> load_initrd(const GuestMemory& mem, std::span<const std::st
         parts.push_back({std::move(*file), padded});
     }
 
-    const std::string& name = paths.size() == 1
-                                  ? paths.front()
-                                  : paths.front() + " (+" + std::to_string(paths.size() - 1) + " more)";
+    std::string name = paths.size() == 1
+                           ? paths.front()
+                           : paths.front() + " (+" + std::to_string(paths.size() - 1) + " more)";
     auto gpa = place_initrd(total, floor, ceiling);
     if (!gpa) {
         return make_error(fmt::format("initrd {} ({}) does not fit below {:#x} above the kernel's end {:#x}",
