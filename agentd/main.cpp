@@ -110,6 +110,7 @@ void add_exec_defaults(ExecConfig& exec, const proto::BootConfig& boot) {
     exec_config.default_env.push_back(std::string("PATH=") + kDefaultPath + ":" + proto::kScriptDir);
     if (*boot) add_exec_defaults(exec_config, **boot);
     auto exec = ExecService::install(**server, std::move(exec_config));
+    (*server)->set_session_counter([&exec] { return exec->session_count(); });
 
     bool reachable = true;
     if (auto ok = (*server)->listen_vsock(options.port); !ok) {
@@ -201,6 +202,7 @@ int run_host_mode(int argc, char** argv, uint64_t start_ns) {
         add_exec_defaults(exec_config, **boot);
     }
     auto exec = ExecService::install(**server, std::move(exec_config));
+    (*server)->set_session_counter([&exec] { return exec->session_count(); });
     for (const auto& path : listen_unix) {
         if (auto ok = (*server)->listen_unix(path); !ok) {
             log_line(ok.error().to_string());

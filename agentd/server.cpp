@@ -11,12 +11,14 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 
 #include "agentd/log.h"
+#include "agentd/stats.h"
 #include "proto/base/unix_address.h"
 
 namespace sandlot::agent {
@@ -260,6 +262,16 @@ void Server::install_control_handlers() {
         conn.send(proto::make_frame(proto::Pong{ping->nonce}, frame.stream_id));
         return Result<void>{};
     });
+    set_handler(proto::MessageType::StatsRequest,
+                [](Server& server, Connection& conn, const proto::Frame& frame) {
+                    proto::Stats stats = collect_stats();
+                    if (server.session_counter_) {
+                        stats.exec_sessions =
+                            static_cast<uint32_t>(std::min<size_t>(server.session_counter_(), UINT32_MAX));
+                    }
+                    conn.send(proto::make_frame(stats, frame.stream_id));
+                    return Result<void>{};
+                });
     set_handler(proto::MessageType::Shutdown,
                 [](Server& server, Connection& conn, const proto::Frame& frame) {
                     conn.send(proto::make_frame(proto::ShutdownAck{}, frame.stream_id));

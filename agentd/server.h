@@ -3,9 +3,10 @@
 // PTYs, files) plug in with set_handler() without touching the loop.
 //
 // Every connection is greeted with HELLO. The control handlers installed by default answer PING with PONG,
-// SHUTDOWN with SHUTDOWN_ACK (then run() returns), log an ERROR from the host, and any other type gets an
-// ERROR{unsupported} reply while the connection goes on. A framing violation (oversized length) gets an
-// ERROR{protocol} reply and that connection is closed; the agent keeps serving the others.
+// STATS_REQUEST with STATS (agentd/stats.h), SHUTDOWN with SHUTDOWN_ACK (then run() returns), log an ERROR
+// from the host, and any other type gets an ERROR{unsupported} reply while the connection goes on. A framing
+// violation (oversized length) gets an ERROR{protocol} reply and that connection is closed; the agent keeps
+// serving the others.
 //
 // Bounded resources: each connection buffers at most one incoming frame plus one read, and stops reading
 // while more than kOutputHighWater bytes of replies wait for a slow peer.
@@ -121,6 +122,8 @@ class Server {
     void set_child_exit_handler(ChildExitHandler handler) { child_exit_ = std::move(handler); }
     void set_connection_closed_handler(ConnectionHook hook) { connection_closed_ = std::move(hook); }
     void set_output_drained_handler(ConnectionHook hook) { output_drained_ = std::move(hook); }
+    // Where STATS takes exec_sessions from (the exec service's session count); 0 without a counter.
+    void set_session_counter(std::function<size_t()> counter) { session_counter_ = std::move(counter); }
 
     // Puts an fd the caller owns on the loop; on_event runs with the ready events. `events` may be 0 (not
     // watched for now). Level-triggered. The caller must unwatch_fd() before closing the fd.
@@ -179,6 +182,7 @@ class Server {
     ChildExitHandler child_exit_;
     ConnectionHook connection_closed_;
     ConnectionHook output_drained_;
+    std::function<size_t()> session_counter_;
     std::unordered_map<uint64_t, FdWatch> watches_;
     std::vector<uint64_t> to_flush_;  // connections that queued output during the current batch
     std::optional<StopReason> stop_;

@@ -28,6 +28,10 @@ std::string message_type_name(uint16_t type) {
             return "SHUTDOWN_ACK";
         case MessageType::Error:
             return "ERROR";
+        case MessageType::StatsRequest:
+            return "STATS_REQUEST";
+        case MessageType::Stats:
+            return "STATS";
         case MessageType::ExecStart:
             return "EXEC_START";
         case MessageType::ExecStarted:
@@ -68,6 +72,8 @@ std::string feature_name(uint64_t bit) {
             return "exec rlimits";
         case kFeatureExecTimeout:
             return "exec timeout";
+        case kFeatureStats:
+            return "stats";
     }
     char buf[32];
     std::snprintf(buf, sizeof buf, "feature 0x%llx", static_cast<unsigned long long>(bit));
@@ -201,6 +207,40 @@ static Result<ErrorMessage> decode_error_fields(std::span<const uint8_t> payload
 
 Result<ErrorMessage> decode_error(std::span<const uint8_t> payload) {
     return decoding("ERROR", decode_error_fields(payload));
+}
+
+std::vector<uint8_t> encode(const StatsRequest&) {
+    return {};
+}
+Result<StatsRequest> decode_stats_request(std::span<const uint8_t>) {
+    return StatsRequest{};
+}
+
+std::vector<uint8_t> encode(const Stats& msg) {
+    Writer w;
+    w.u64(msg.mem_total_kib);
+    w.u64(msg.mem_available_kib);
+    w.u64(msg.uptime_ns);
+    w.u32(msg.processes);
+    w.u32(msg.exec_sessions);
+    w.u32(msg.load1_centi);
+    return finish_small(std::move(w));
+}
+
+static Result<Stats> decode_stats_fields(std::span<const uint8_t> payload) {
+    Reader r(payload);
+    Stats msg;
+    msg.mem_total_kib = TRY(r.u64());
+    msg.mem_available_kib = TRY(r.u64());
+    msg.uptime_ns = TRY(r.u64());
+    msg.processes = TRY(r.u32());
+    msg.exec_sessions = TRY(r.u32());
+    msg.load1_centi = TRY(r.u32());
+    return msg;
+}
+
+Result<Stats> decode_stats(std::span<const uint8_t> payload) {
+    return decoding("STATS", decode_stats_fields(payload));
 }
 
 Frame make_frame(MessageType type, uint32_t stream_id, std::vector<uint8_t> payload) {

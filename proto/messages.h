@@ -5,6 +5,7 @@
 //   agent -> host   HELLO, first and unprompted
 //   host  -> agent  PING{nonce}            agent -> host  PONG{same nonce}
 //   host  -> agent  SHUTDOWN               agent -> host  SHUTDOWN_ACK, then the agent syncs and powers off
+//   host  -> agent  STATS_REQUEST          agent -> host  STATS{memory, uptime, load, processes}
 //   either way      ERROR{code, errno, message} for a frame the receiver could not handle
 // Replies travel on the stream id of the frame they answer.
 //
@@ -36,6 +37,8 @@ enum class MessageType : uint16_t {
     Shutdown = 0x0004,
     ShutdownAck = 0x0005,
     Error = 0x0006,
+    StatsRequest = 0x0007,  // 1.2
+    Stats = 0x0008,         // 1.2
 
     ExecStart = 0x0101,
     ExecStarted = 0x0102,
@@ -60,6 +63,7 @@ inline constexpr uint64_t kFeaturePty = 1u << 1;          // kExecPty and RESIZE
 inline constexpr uint64_t kFeatureExecUser = 1u << 2;     // ExecStart::user
 inline constexpr uint64_t kFeatureExecRlimits = 1u << 3;  // ExecStart::rlimits
 inline constexpr uint64_t kFeatureExecTimeout = 1u << 4;  // ExecStart::timeout_ms
+inline constexpr uint64_t kFeatureStats = 1u << 5;        // STATS_REQUEST / STATS (1.2)
 
 // "exec", "pty", ... for one bit; for error messages.
 std::string feature_name(uint64_t bit);
@@ -110,6 +114,26 @@ struct ShutdownAck {
     bool operator==(const ShutdownAck&) const = default;
 };
 
+// Host asks for the guest's vital signs (for `sandlot metrics`). Empty payload. Since 1.2 (kFeatureStats).
+struct StatsRequest {
+    static constexpr MessageType kType = MessageType::StatsRequest;
+    bool operator==(const StatsRequest&) const = default;
+};
+
+// The agent's answer to STATS_REQUEST, on the same stream. Values the guest could not read are 0.
+struct Stats {
+    static constexpr MessageType kType = MessageType::Stats;
+
+    uint64_t mem_total_kib = 0;      // /proc/meminfo MemTotal
+    uint64_t mem_available_kib = 0;  // /proc/meminfo MemAvailable
+    uint64_t uptime_ns = 0;          // CLOCK_BOOTTIME in the guest
+    uint32_t processes = 0;          // pid entries in /proc
+    uint32_t exec_sessions = 0;      // exec sessions the agent is running, over all connections
+    uint32_t load1_centi = 0;        // 1-minute load average * 100 (/proc/loadavg)
+
+    bool operator==(const Stats&) const = default;
+};
+
 enum class ErrorCode : uint32_t {
     Unsupported = 1,  // message type unknown to the receiver; the connection stays usable
     Malformed = 2,    // payload could not be decoded; the connection stays usable
@@ -156,6 +180,8 @@ std::vector<uint8_t> encode(const Pong& msg);
 std::vector<uint8_t> encode(const Shutdown& msg);
 std::vector<uint8_t> encode(const ShutdownAck& msg);
 std::vector<uint8_t> encode(const ErrorMessage& msg);
+std::vector<uint8_t> encode(const StatsRequest& msg);
+std::vector<uint8_t> encode(const Stats& msg);
 
 Result<Hello> decode_hello(std::span<const uint8_t> payload);
 Result<Ping> decode_ping(std::span<const uint8_t> payload);
@@ -163,6 +189,8 @@ Result<Pong> decode_pong(std::span<const uint8_t> payload);
 Result<Shutdown> decode_shutdown(std::span<const uint8_t> payload);
 Result<ShutdownAck> decode_shutdown_ack(std::span<const uint8_t> payload);
 Result<ErrorMessage> decode_error(std::span<const uint8_t> payload);
+Result<StatsRequest> decode_stats_request(std::span<const uint8_t> payload);
+Result<Stats> decode_stats(std::span<const uint8_t> payload);
 
 Frame make_frame(MessageType type, uint32_t stream_id, std::vector<uint8_t> payload);
 

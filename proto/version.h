@@ -15,7 +15,8 @@
 namespace sandlot::proto {
 
 inline constexpr uint16_t kProtocolMajor = 1;
-inline constexpr uint16_t kProtocolMinor = 1;  // 1.1: exec sessions, HELLO limits, ERROR kind
+// 1.1: exec sessions, HELLO limits, ERROR kind. 1.2: STATS_REQUEST / STATS.
+inline constexpr uint16_t kProtocolMinor = 2;
 
 // The sandlot release the agent was built from, e.g. "0.1.0".
 inline constexpr std::string_view kAgentVersion = SANDLOT_VERSION;

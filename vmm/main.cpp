@@ -2,17 +2,20 @@
 //
 //   sandlot-vmm --kernel PATH [--initrd PATH]... [--cmdline STR] [--memory MiB] [--cpus N]
 //               [--vsock-uds PATH] [--vsock-cid N] [--disk PATH[,ro][,serial=ID]]...
-//               [--fs TAG=DIR[,ro]]... [--console stdout|none|file:PATH] [--allow-pvm]
+//               [--fs TAG=DIR[,ro]]... [--console stdout|none|file:PATH] [--stats-file PATH]
+//               [--parent-pid PID] [--allow-pvm]
 //
 // Several --initrd files are concatenated (the kernel unpacks each archive in turn). Disks become
 // /dev/vda, /dev/vdb, ... in the order given; the guest finds them by serial (/sys/block/vd*/serial). Each
 // --fs shares a host directory through virtio-fs under TAG (mount -t virtiofs TAG DIR in the guest).
+// --stats-file PATH publishes the devices' I/O counters (proto/vmm_stats.h) in a file the host maps.
 //
 // Exit status: 0 when the guest restarted (or powered off) in an orderly way, 1 when it crashed or the VMM
 // failed, 2 for a usage error. On success nothing is printed but the guest console; every error is one line
 // "sandlot-vmm: error: <what>" on stderr.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -36,6 +39,7 @@
 #include "vmm/devices/vsock/vsock_device.h"
 #include "vmm/machine.h"
 #include "vmm/memory/layout.h"
+#include "vmm/stats_file.h"
 
 namespace {
 
@@ -180,6 +184,8 @@ int run_vmm(int argc, char** argv) {
     MachineConfig config;
     VsockOptions vsock;
     std::vector<std::string> disk_specs, fs_specs;
+    std::string stats_path;
+    pid_t parent_pid = 0;
 
     CLI::App app{"Boots a sandlot microVM and runs it until the guest restarts or crashes.", "sandlot-vmm"};
     app.add_option("--kernel", config.kernel, "guest kernel: ELF vmlinux with a PVH note, or bzImage")
@@ -194,6 +200,9 @@ int run_vmm(int argc, char** argv) {
     app.add_option("--fs", fs_specs, "virtio-fs share of a host directory: TAG=DIR[,ro] (repeatable)");
     app.add_option("--console", config.console, "guest console output: stdout, none or file:PATH")
         ->capture_default_str();
+    app.add_option("--stats-file", stats_path, "publish I/O counters in this file (created, mode 0600)");
+    app.add_option("--parent-pid", parent_pid,
+                   "end (SIGKILL) when this process, our parent, exits: a supervisor's VM dies with it");
     app.add_flag("--allow-pvm", config.allow_pvm,
                  "run on a PVM /dev/kvm (the guest kernel must be PVM-enabled)");
 
@@ -204,6 +213,11 @@ int run_vmm(int argc, char** argv) {
         return fail(kExitUsage, e.what());
     }
     if (std::string problem = validate(config, vsock); !problem.empty()) return fail(kExitUsage, problem);
+    if (parent_pid > 0) {
+        // The death signal is armed first, then the parent checked: a parent that died in between is seen.
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent_pid) return fail(kExitFailure, "--parent-pid: the parent has already exited");
+    }
     std::vector<sandlot::vmm::blk::BlkConfig> disks;
     for (const std::string& spec : disk_specs) {
         auto disk = parse_disk(spec);
@@ -217,6 +231,12 @@ int run_vmm(int argc, char** argv) {
         shares.push_back(std::move(*share));
     }
 
+    // Declared before the machine and the devices, so it outlives every device that counts into it.
+    auto stats = stats_path.empty() ? sandlot::vmm::StatsFile::private_instance()
+                                    : sandlot::vmm::StatsFile::create(stats_path);
+    if (!stats) return fail(kExitFailure, stats.error().to_string());
+    sandlot::proto::VmmStats* counters = &stats->stats();
+
     auto machine = sandlot::vmm::Machine::create(config);
     if (!machine) return fail(kExitFailure, machine.error().to_string());
 
@@ -229,7 +249,8 @@ int run_vmm(int argc, char** argv) {
     }
 
     // Disks and shares come after vsock so that their slots (and so /dev/vdX names) follow the order given.
-    for (const auto& disk : disks) {
+    for (auto& disk : disks) {
+        disk.stats = counters;
         auto device = sandlot::vmm::blk::BlkDevice::create(disk, (*machine)->event_loop());
         if (!device) return fail(kExitFailure, device.error().to_string());
         if (auto attached = sandlot::vmm::virtio::attach_virtio_device(**machine, *device); !attached)
@@ -240,7 +261,7 @@ int run_vmm(int argc, char** argv) {
         if (!server) return fail(kExitFailure, "--fs " + share.tag + ": " + server.error().to_string());
         auto device = sandlot::vmm::fs::FsDevice::create(
             share.tag, std::shared_ptr<sandlot::vmm::fs::FuseHandler>(std::move(*server)),
-            (*machine)->event_loop());
+            (*machine)->event_loop(), counters);
         if (!device) return fail(kExitFailure, device.error().to_string());
         if (auto attached = sandlot::vmm::virtio::attach_virtio_device(**machine, *device); !attached)
             return fail(kExitFailure, attached.error().to_string());

@@ -540,6 +540,18 @@ Result<std::chrono::nanoseconds> AgentConnection::ping(std::chrono::milliseconds
     return std::chrono::steady_clock::now() - start;
 }
 
+Result<proto::Stats> AgentConnection::stats(std::chrono::milliseconds timeout) {
+    const proto::Hello& hello = core_->hello;
+    if (!(hello.features & proto::kFeatureStats)) {
+        return make_error("agent " + hello.agent_version + " (protocol " + protocol_string(hello) +
+                          ") does not support " + proto::feature_name(proto::kFeatureStats));
+    }
+    proto::Frame reply = TRY(core_->control_request(
+        proto::make_frame(proto::StatsRequest{}), timeout,
+        [](const proto::Frame& frame) { return frame.type == type_of(proto::MessageType::Stats); }));
+    return proto::decode_stats(reply.payload);
+}
+
 Result<void> AgentConnection::shutdown(std::chrono::milliseconds timeout) {
     TRY(core_->control_request(proto::make_frame(proto::Shutdown{}), timeout, [](const proto::Frame& frame) {
         return frame.type == type_of(proto::MessageType::ShutdownAck);

@@ -1,9 +1,9 @@
 // One connection to a guest's agentd, multiplexing many sessions over one stream socket.
 //
 // It starts with the agent's HELLO. After that a reader thread owns the receiving side: it decodes frames and
-// hands each to the stream it belongs to (stream 0, the control stream, for PING/SHUTDOWN replies; one stream
-// per exec session otherwise). Writes from any thread are serialized. So one connection serves pings and
-// any number of concurrent execs from several threads.
+// hands each to the stream it belongs to (stream 0, the control stream, for PING/STATS/SHUTDOWN replies; one
+// stream per exec session otherwise). Writes from any thread are serialized. So one connection serves pings
+// and any number of concurrent execs from several threads.
 //
 //   auto agent = TRY(AgentConnection::open(std::move(socket)));
 //   auto out = TRY(agent->exec({.argv = {"uname", "-a"}}));
@@ -39,6 +39,9 @@ class AgentConnection {
 
     // Round trip of a PING; returns its latency. Fails (ETIMEDOUT) if no PONG comes within `timeout`.
     Result<std::chrono::nanoseconds> ping(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+    // The guest's memory, uptime, load and process counts (STATS_REQUEST). Fails without asking if the agent
+    // lacks kFeatureStats, and with ETIMEDOUT if no STATS comes within `timeout`.
+    Result<proto::Stats> stats(std::chrono::milliseconds timeout = std::chrono::seconds(5));
     // Asks the agent to sync and power the guest off; returns once the agent acknowledged, and closes this
     // connection, which tells the agent its reply arrived. Fails (ETIMEDOUT) without an ACK within `timeout`.
     Result<void> shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(30));

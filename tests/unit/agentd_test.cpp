@@ -15,9 +15,11 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "agentd/init.h"
+#include "agentd/stats.h"
 #include "proto/base/unique_fd.h"
 #include "proto/frame.h"
 #include "proto/messages.h"
@@ -195,6 +197,71 @@ TEST(Agentd, PingPongEchoesNonceAndStream) {
     expect_ping_pong(conn.get(), 0x1234567890abcdef);
     expect_ping_pong(conn.get(), 0, 77);
     expect_ping_pong(conn.get(), UINT64_MAX);
+}
+
+TEST(Agentd, StatsRequestIsAnsweredFromProc) {
+    AgentProcess agent;
+    UniqueFd conn = agent.connect();
+    ASSERT_TRUE(conn);
+    proto::Hello hello = read_hello(conn.get());
+    EXPECT_TRUE(hello.features & proto::kFeatureStats);
+    ASSERT_TRUE(proto::write_frame(conn.get(), proto::make_frame(proto::StatsRequest{}, 4)));
+    proto::Frame frame = read_ok(conn.get());
+    ASSERT_EQ(frame.type, static_cast<uint16_t>(proto::MessageType::Stats));
+    EXPECT_EQ(frame.stream_id, 4u);
+    auto stats = proto::decode_stats(frame.payload);
+    ASSERT_TRUE(stats) << stats.error().to_string();
+    EXPECT_GT(stats->mem_total_kib, 0u);
+    EXPECT_GT(stats->mem_available_kib, 0u);
+    EXPECT_LE(stats->mem_available_kib, stats->mem_total_kib);
+    EXPECT_GE(stats->uptime_ns, hello.hello_ns);  // the same clock, later
+    EXPECT_GE(stats->processes, 2u);              // at least agentd and this test
+    EXPECT_EQ(stats->exec_sessions, 0u);
+    expect_ping_pong(conn.get(), 8);  // the connection goes on
+}
+
+// A fake /proc: the parsers take what they know and ignore the rest.
+TEST(AgentStats, ReadsAFakeProc) {
+    TempDir proc;
+    std::ofstream(proc / "meminfo") << "MemTotal:        2048000 kB\nMemFree:          100 kB\n"
+                                       "MemAvailable:    1024000 kB\nHugePages_Total:       0\n";
+    std::ofstream(proc / "loadavg") << "3.07 0.58 0.59 1/234 5678\n";
+    for (const char* name : {"1", "42", "31337", "self", "1a", "sys", "x1"})
+        std::filesystem::create_directory(proc / name);
+    proto::Stats stats = collect_stats(proc.path());
+    EXPECT_EQ(stats.mem_total_kib, 2048000u);
+    EXPECT_EQ(stats.mem_available_kib, 1024000u);
+    EXPECT_EQ(stats.load1_centi, 307u);
+    EXPECT_EQ(stats.processes, 3u);
+    EXPECT_GT(stats.uptime_ns, 0u);
+}
+
+TEST(AgentStats, GarbageAndMissingFilesGiveZeros) {
+    TempDir proc;
+    proto::Stats empty = collect_stats(proc.path());
+    EXPECT_EQ(empty.mem_total_kib, 0u);
+    EXPECT_EQ(empty.load1_centi, 0u);
+    EXPECT_EQ(empty.processes, 0u);
+
+    // Longer than the read limit, no newlines, values without units or digits.
+    std::ofstream(proc / "meminfo") << std::string(kMaxProcFileBytes * 2, 'M');
+    std::ofstream(proc / "loadavg") << "-1.5";
+    EXPECT_EQ(collect_stats(proc.path()).mem_total_kib, 0u);
+    EXPECT_EQ(collect_stats(proc.path()).load1_centi, 0u);
+
+    EXPECT_FALSE(meminfo_kib("MemTotal: 12 MB\n", "MemTotal"));
+    EXPECT_FALSE(meminfo_kib("MemTotal: kB\n", "MemTotal"));
+    EXPECT_FALSE(meminfo_kib("MemTotalX: 5 kB\n", "MemTotal"));
+    EXPECT_EQ(meminfo_kib("MemTotal: 99999999999999999999999 kB", "MemTotal"), UINT64_MAX);  // saturates
+    // No MemAvailable (before Linux 3.14): MemFree stands in.
+    std::ofstream(proc / "meminfo", std::ios::trunc) << "MemTotal: 10 kB\nMemFree: 4 kB\n";
+    EXPECT_EQ(collect_stats(proc.path()).mem_available_kib, 4u);
+
+    EXPECT_EQ(load1_centi("0.5"), 50u);
+    EXPECT_EQ(load1_centi("12"), 1200u);
+    EXPECT_EQ(load1_centi("1.999 x"), 199u);
+    EXPECT_EQ(load1_centi("99999999999.00"), UINT32_MAX);
+    EXPECT_EQ(load1_centi(""), 0u);
 }
 
 TEST(Agentd, UnknownTypeGetsUnsupportedErrorAndConnectionGoesOn) {

@@ -548,6 +548,26 @@ TEST_F(HostExec, PingStillWorks) {
     EXPECT_GT(rtt->count(), 0);
 }
 
+TEST_F(HostExec, StatsFromTheAgent) {
+    ASSERT_TRUE(agent_->hello().features & proto::kFeatureStats);
+    auto idle = agent_->stats();
+    ASSERT_TRUE(idle) << idle.error().to_string();
+    EXPECT_GT(idle->mem_total_kib, 0u);
+    EXPECT_LE(idle->mem_available_kib, idle->mem_total_kib);
+    EXPECT_GT(idle->processes, 0u);
+    EXPECT_GT(idle->uptime_ns, 0u);
+    EXPECT_EQ(idle->exec_sessions, 0u);
+
+    // The agent handles frames in order, so the EXEC_STARTs are in before the STATS_REQUEST.
+    auto first = agent_->exec_stream({.argv = {"sleep", "30"}});
+    auto second = agent_->exec_stream({.argv = {"sleep", "30"}});
+    ASSERT_TRUE(first && second);
+    auto busy = agent_->stats();
+    ASSERT_TRUE(busy) << busy.error().to_string();
+    EXPECT_EQ(busy->exec_sessions, 2u);
+    EXPECT_GE(busy->uptime_ns, idle->uptime_ns);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // attach(): a real local pseudo-terminal stands in for the user's terminal; the test types into its master.
 
@@ -797,6 +817,40 @@ TEST(HostExecFake, SilentAgentTimesControlRequestsOut) {
     });
     EXPECT_TRUE(fake.conn->ping(10s));
     answer.join();
+}
+
+TEST(HostExecFake, StatsNeedsTheFeatureAndTimesOut) {
+    FakeAgent old;  // default_hello() has only kFeatureExec
+    ASSERT_TRUE(old.conn);
+    auto refused = old.conn->stats();
+    ASSERT_FALSE(refused);
+    EXPECT_NE(refused.error().message.find("does not support stats"), std::string::npos)
+        << refused.error().message;
+    EXPECT_TRUE(old.nothing_sent());
+
+    proto::Hello hello = FakeAgent::default_hello();
+    hello.features |= proto::kFeatureStats;
+    FakeAgent fake(hello);
+    ASSERT_TRUE(fake.conn);
+    auto silent = fake.conn->stats(200ms);
+    ASSERT_FALSE(silent);
+    EXPECT_EQ(silent.error().code, ETIMEDOUT);
+    EXPECT_EQ(fake.read().type, static_cast<uint16_t>(proto::MessageType::StatsRequest));
+
+    // A truncated STATS is an error, not garbage numbers; a good one comes through whole.
+    std::thread answer([&] {
+        EXPECT_EQ(fake.read().type, static_cast<uint16_t>(proto::MessageType::StatsRequest));
+        fake.send(proto::MessageType::Stats, proto::kControlStream, {1, 2, 3});
+        EXPECT_EQ(fake.read().type, static_cast<uint16_t>(proto::MessageType::StatsRequest));
+        fake.send(
+            proto::make_frame(proto::Stats{.mem_total_kib = 100, .mem_available_kib = 40, .processes = 3}));
+    });
+    auto truncated = fake.conn->stats(10s);
+    EXPECT_FALSE(truncated);
+    auto good = fake.conn->stats(10s);
+    answer.join();
+    ASSERT_TRUE(good) << good.error().to_string();
+    EXPECT_EQ(*good, (proto::Stats{.mem_total_kib = 100, .mem_available_kib = 40, .processes = 3}));
 }
 
 TEST(HostExecFake, SpawnFailureErrorBecomesAnExitStatus) {

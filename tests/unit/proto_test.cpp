@@ -195,11 +195,57 @@ TEST(ProtoMessages, TypeNames) {
     EXPECT_EQ(message_type_name(0x1234), "0x1234");
     EXPECT_EQ(message_type_name(0x0101), "EXEC_START");
     EXPECT_EQ(message_type_name(0x010b), "EXIT");
+    EXPECT_EQ(message_type_name(0x0007), "STATS_REQUEST");
+    EXPECT_EQ(message_type_name(0x0008), "STATS");
+    EXPECT_EQ(feature_name(kFeatureStats), "stats");
 }
 
-TEST(ProtoVersion, IsOneOneAndCarriesTheProjectVersion) {
+Stats sample_stats() {
+    return Stats{.mem_total_kib = 0x0102030405060708,
+                 .mem_available_kib = 0x10,
+                 .uptime_ns = 0x2000,
+                 .processes = 7,
+                 .exec_sessions = 2,
+                 .load1_centi = 0x0304};
+}
+
+const Bytes kSampleStatsPayload = concat({
+    {0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01},  // mem_total_kib
+    {0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00},  // mem_available_kib
+    {0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00},  // uptime_ns
+    {0x07, 0x00, 0x00, 0x00},                          // processes
+    {0x02, 0x00, 0x00, 0x00},                          // exec_sessions
+    {0x04, 0x03, 0x00, 0x00},                          // load1_centi
+});
+
+TEST(ProtoMessages, StatsGoldenBytesAndRoundTrip) {
+    EXPECT_EQ(encode(sample_stats()), kSampleStatsPayload);
+    EXPECT_EQ(decode_stats(kSampleStatsPayload).value(), sample_stats());
+    EXPECT_EQ(decode_stats(encode(Stats{})).value(), Stats{});
+    Stats max{UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX};
+    EXPECT_EQ(decode_stats(encode(max)).value(), max);
+    // Appended fields from a newer agent are ignored.
+    EXPECT_EQ(decode_stats(concat({kSampleStatsPayload, {0xaa, 0xbb}})).value(), sample_stats());
+
+    EXPECT_EQ(encoded(make_frame(StatsRequest{})), (Bytes{0, 0, 0, 0, 0, 0, 0, 0, 0x07, 0x00, 0, 0}));
+    EXPECT_TRUE(decode_stats_request(encode(StatsRequest{})));
+    EXPECT_EQ(make_frame(sample_stats(), 3).type, 0x0008);
+    EXPECT_EQ(make_frame(sample_stats(), 3).stream_id, 3u);
+}
+
+TEST(ProtoMessages, StatsTruncatedAtEveryOffsetFails) {
+    for (size_t n = 0; n < kSampleStatsPayload.size(); ++n) {
+        auto stats = decode_stats(std::span(kSampleStatsPayload).first(n));
+        EXPECT_FALSE(stats) << "decoded a STATS cut to " << n << " bytes";
+        if (!stats) {
+            EXPECT_NE(stats.error().message.find("decode STATS"), std::string::npos);
+        }
+    }
+}
+
+TEST(ProtoVersion, IsOneTwoAndCarriesTheProjectVersion) {
     EXPECT_EQ(kProtocolMajor, 1);
-    EXPECT_EQ(kProtocolMinor, 1);
+    EXPECT_EQ(kProtocolMinor, 2);
     EXPECT_FALSE(kAgentVersion.empty());
     EXPECT_NE(kAgentVersion.find('.'), std::string_view::npos);
 }

@@ -219,8 +219,8 @@ class VirtioBlkTest : public ::testing::Test {
                      const std::string& serial = "sandlot-test") {
         write_file(image_path_, contents);
         image_ = contents;
-        auto device =
-            BlkDevice::create({.path = image_path_, .read_only = read_only, .serial = serial}, *loop_);
+        auto device = BlkDevice::create(
+            {.path = image_path_, .read_only = read_only, .serial = serial, .stats = &stats_}, *loop_);
         ASSERT_TRUE(device) << device.error().to_string();
         device_ = *device;
         auto irq = IrqLine::create(5);
@@ -386,6 +386,7 @@ class VirtioBlkTest : public ::testing::Test {
     std::vector<uint8_t> image_;  // what make_device() wrote
     std::optional<GuestMemory> memory_;
     std::optional<EventLoop> loop_;
+    proto::VmmStats stats_{};  // what the device counts into; outlives it
     std::shared_ptr<BlkDevice> device_;
     std::shared_ptr<virtio::MmioTransport> transport_;
     std::optional<MmioDriver> driver_;
@@ -573,6 +574,35 @@ TEST_F(VirtioBlkTest, FlushSucceeds) {
     auto reply = command(VIRTIO_BLK_T_FLUSH);
     EXPECT_EQ(reply.status, VIRTIO_BLK_S_OK);
     EXPECT_EQ(reply.used_len, 1u);
+}
+
+TEST_F(VirtioBlkTest, CountsExactlyTheBytesOfCompletedRequests) {
+    make_random_device();
+    start();
+    auto load = [](const std::atomic<uint64_t>& counter) { return counter.load(); };
+    ASSERT_EQ(read_sectors(100, {512, 4096, 1536}).status, VIRTIO_BLK_S_OK);
+    EXPECT_EQ(load(stats_.blk_read_bytes), 512u + 4096 + 1536);
+    EXPECT_EQ(load(stats_.blk_read_ops), 1u);
+    ASSERT_EQ(write_sectors(40, random_bytes(3 * 4096, 5), {4096, 8192}).status, VIRTIO_BLK_S_OK);
+    ASSERT_EQ(write_sectors(0, random_bytes(512, 6), {512}).status, VIRTIO_BLK_S_OK);
+    EXPECT_EQ(load(stats_.blk_write_bytes), 3u * 4096 + 512);
+    EXPECT_EQ(load(stats_.blk_write_ops), 2u);
+    ASSERT_EQ(command(VIRTIO_BLK_T_FLUSH).status, VIRTIO_BLK_S_OK);
+    EXPECT_EQ(load(stats_.blk_flush_ops), 1u);
+
+    // Failed and non-data requests count nothing.
+    EXPECT_EQ(read_sectors(kImageSectors, {512}).status, VIRTIO_BLK_S_IOERR);
+    EXPECT_EQ(write_sectors(kImageSectors - 1, random_bytes(1024, 7), {1024}).status, VIRTIO_BLK_S_IOERR);
+    EXPECT_EQ(send({{.len = 16, .data = header(VIRTIO_BLK_T_GET_ID, 0)},
+                    {.len = VIRTIO_BLK_ID_BYTES + 1, .writable = true}})
+                  .status,
+              VIRTIO_BLK_S_OK);
+    EXPECT_EQ(load(stats_.blk_read_bytes), 512u + 4096 + 1536);
+    EXPECT_EQ(load(stats_.blk_read_ops), 1u);
+    EXPECT_EQ(load(stats_.blk_write_bytes), 3u * 4096 + 512);
+    EXPECT_EQ(load(stats_.blk_write_ops), 2u);
+    EXPECT_EQ(load(stats_.blk_flush_ops), 1u);
+    EXPECT_EQ(load(stats_.fs_read_bytes), 0u);
 }
 
 TEST_F(VirtioBlkTest, WritesWorkWhenFlushIsNotNegotiated) {

@@ -201,7 +201,7 @@ class VirtioFsTest : public ::testing::Test {
     }
 
     void make_device(std::shared_ptr<FuseHandler> handler, std::string tag = "sandlot-root") {
-        auto device = FsDevice::create(std::move(tag), std::move(handler), *loop_);
+        auto device = FsDevice::create(std::move(tag), std::move(handler), *loop_, &stats_);
         ASSERT_TRUE(device) << device.error().to_string();
         device_ = *device;
         auto irq = IrqLine::create(5);
@@ -311,6 +311,7 @@ class VirtioFsTest : public ::testing::Test {
     std::optional<GuestMemory> memory_;
     std::optional<EventLoop> loop_;
     std::shared_ptr<TestHandler> handler_;
+    proto::VmmStats stats_{};  // what the device counts into; outlives it
     std::shared_ptr<FsDevice> device_;
     std::shared_ptr<virtio::MmioTransport> transport_;
     std::optional<MmioDriver> driver_;
@@ -816,6 +817,8 @@ TEST_F(VirtioFsPassthroughTest, InitLookupGetattrOpenReadRelease) {
     }
     EXPECT_EQ(got.size(), content_.size());
     EXPECT_TRUE(got == content_);
+    EXPECT_EQ(stats_.fs_read_bytes.load(), content_.size());  // exactly the data, not the headers
+    EXPECT_EQ(stats_.fs_write_bytes.load(), 0u);
 
     fuse_release_in release{};
     release.fh = fh;
@@ -890,6 +893,8 @@ TEST_F(VirtioFsPassthroughTest, WriteThroughTheQueue) {
     reply = parse_reply(written(*used, readable_count));
     ASSERT_EQ(reply.out.error, 0);
     EXPECT_EQ(as<fuse_write_out>(reply).size, data.size());
+    EXPECT_EQ(stats_.fs_write_bytes.load(), data.size());
+    EXPECT_EQ(stats_.fs_read_bytes.load(), 0u);
 
     fuse_release_in release{};
     release.fh = open_out.fh;

@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "host/lib/metrics.h"
 #include "tests/support/run_command.h"
+#include "tests/support/temp_dir.h"
 #include "vmm/kvm/host_kvm.h"
 
 namespace sandlot {
@@ -64,7 +66,26 @@ INSTANTIATE_TEST_SUITE_P(
         BadInvocation{{"--kernel", "@kernel", "--vsock-cid", "2", "--vsock-uds", "/tmp/x"}, "--vsock-cid"},
         BadInvocation{{"--kernel", "@kernel", "--vsock-uds", std::string(200, 'x')}, "too long"},
         BadInvocation{{"--kernel", "@kernel", "--console", "printer"}, "console"},
-        BadInvocation{{"--kernel", "@kernel", "--no-such-flag"}, "no-such-flag"}));
+        BadInvocation{{"--kernel", "@kernel", "--no-such-flag"}, "no-such-flag"},
+        BadInvocation{{"--kernel", "@kernel", "--stats-file", "/no/such/dir/stats"}, "/no/such/dir/stats"}));
+
+TEST(VmmCli, StatsFileIsCreatedBeforeTheMachine) {
+    // Written before KVM is touched, so even a VMM that cannot boot this "kernel" leaves a valid, zeroed
+    // file.
+    test::TempDir temp("sandlot-vmm-stats");
+    const std::string& dir = temp.path();
+    std::ofstream(dir + "/kernel") << "not a kernel";
+    std::ofstream(dir + "/stats") << "an old file to replace";
+    auto result = run_command({kVmm, "--kernel", dir + "/kernel", "--stats-file", dir + "/stats"});
+    EXPECT_NE(result.status, 0) << result.output;
+    EXPECT_LT(result.status, 128) << "killed by a signal: " << result.output;
+    auto counters = host::read_vmm_counters(dir + "/stats");
+    ASSERT_TRUE(counters) << counters.error().to_string();
+    EXPECT_EQ(counters->blk_read_bytes, 0u);
+    EXPECT_EQ(std::filesystem::status(dir + "/stats").permissions() & std::filesystem::perms::all,
+              std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir), {}), 2) << "a temporary file was left";
+}
 
 TEST(VmmCli, RefusesPvmHostsWithAnExplanation) {
     if (vmm::detect_host_kvm() != vmm::HostKvmKind::Pvm) GTEST_SKIP() << "this host's /dev/kvm is not PVM";

@@ -23,12 +23,14 @@ Result<std::shared_ptr<BlkDevice>> BlkDevice::create(const BlkConfig& config, Ev
                           std::to_string(VIRTIO_BLK_ID_BYTES) + " bytes");
     }
     auto image = TRY(DiskImage::open(config.path, config.read_only));
-    std::shared_ptr<BlkDevice> device(new BlkDevice(std::move(image), config.serial));
+    std::shared_ptr<BlkDevice> device(new BlkDevice(std::move(image), config.serial, config.stats));
     TRY(device->start_workers());  // on failure the destructor joins the ones that started
     return device;
 }
 
-BlkDevice::BlkDevice(DiskImage image, const std::string& serial) : image_(std::move(image)) {
+BlkDevice::BlkDevice(DiskImage image, const std::string& serial, proto::VmmStats* stats)
+    : image_(std::move(image)) {
+    options_.stats = stats;
     std::memcpy(options_.id.data(), serial.data(), std::min(serial.size(), options_.id.size()));
 }
 

@@ -46,6 +46,9 @@ struct BlkConfig {
     std::string path = {};
     bool read_only = false;
     std::string serial = {};  // at most 20 bytes (VIRTIO_BLK_ID_BYTES)
+    // Completed reads, writes and flushes are counted here (RequestOptions::stats); null: not counted. Must
+    // outlive the device.
+    proto::VmmStats* stats = nullptr;
 };
 
 class BlkDevice : public virtio::Device, public std::enable_shared_from_this<BlkDevice> {
@@ -84,7 +87,7 @@ class BlkDevice : public virtio::Device, public std::enable_shared_from_this<Blk
         virtio::Chain chain;
     };
 
-    BlkDevice(DiskImage image, const std::string& serial);
+    BlkDevice(DiskImage image, const std::string& serial, proto::VmmStats* stats);
     Result<void> start_workers();
     void worker_loop();
     // Under mutex(): pops what the driver made available, up to the in-flight limit, for the workers.

@@ -34,15 +34,20 @@ std::vector<iovec> data_iovecs(const GuestMemory& memory, const virtio::Chain& c
 
 // VIRTIO_BLK_T_IN: header readable, then `data` and the status byte writable.
 Status read_sectors(const GuestMemory& memory, const virtio::Chain& chain, const DiskImage& image,
-                    uint64_t sector) {
+                    uint64_t sector, const RequestOptions& options) {
     if (chain.readable_len != kHeaderSize) return VIRTIO_BLK_S_IOERR;  // data must be device-writable
     uint64_t len = chain.writable_len - 1;
     if (len % kSectorSize != 0) return VIRTIO_BLK_S_IOERR;
     if (!in_range(sector, len / kSectorSize, image.capacity_sectors())) return VIRTIO_BLK_S_IOERR;
-    if (len == 0) return VIRTIO_BLK_S_OK;
-    auto iovs = data_iovecs(memory, chain, true, 0, len);
-    if (iovs.empty()) return VIRTIO_BLK_S_IOERR;
-    return image.read(iovs, sector * kSectorSize) ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
+    if (len > 0) {
+        auto iovs = data_iovecs(memory, chain, true, 0, len);
+        if (iovs.empty() || !image.read(iovs, sector * kSectorSize)) return VIRTIO_BLK_S_IOERR;
+    }
+    if (options.stats) {
+        proto::count(options.stats->blk_read_bytes, len);
+        proto::count(options.stats->blk_read_ops, 1);
+    }
+    return VIRTIO_BLK_S_OK;
 }
 
 // VIRTIO_BLK_T_OUT: header and `data` readable, then only the status byte writable.
@@ -53,10 +58,22 @@ Status write_sectors(const GuestMemory& memory, const virtio::Chain& chain, cons
     uint64_t len = chain.readable_len - kHeaderSize;
     if (len % kSectorSize != 0) return VIRTIO_BLK_S_IOERR;
     if (!in_range(sector, len / kSectorSize, image.capacity_sectors())) return VIRTIO_BLK_S_IOERR;
-    if (len == 0) return VIRTIO_BLK_S_OK;
-    auto iovs = data_iovecs(memory, chain, false, kHeaderSize, len);
-    if (iovs.empty() || !image.write(iovs, sector * kSectorSize)) return VIRTIO_BLK_S_IOERR;
-    if (options.write_through && !image.flush()) return VIRTIO_BLK_S_IOERR;
+    if (len > 0) {
+        auto iovs = data_iovecs(memory, chain, false, kHeaderSize, len);
+        if (iovs.empty() || !image.write(iovs, sector * kSectorSize)) return VIRTIO_BLK_S_IOERR;
+        if (options.write_through && !image.flush()) return VIRTIO_BLK_S_IOERR;
+    }
+    if (options.stats) {
+        proto::count(options.stats->blk_write_bytes, len);
+        proto::count(options.stats->blk_write_ops, 1);
+    }
+    return VIRTIO_BLK_S_OK;
+}
+
+// VIRTIO_BLK_T_FLUSH.
+Status flush(const DiskImage& image, const RequestOptions& options) {
+    if (!image.flush()) return VIRTIO_BLK_S_IOERR;
+    if (options.stats) proto::count(options.stats->blk_flush_ops, 1);
     return VIRTIO_BLK_S_OK;
 }
 
@@ -112,11 +129,11 @@ Status execute(const GuestMemory& memory, const virtio::Chain& chain, const Disk
     uint64_t sector = le64toh(header.sector);
     switch (le32toh(header.type)) {
         case VIRTIO_BLK_T_IN:
-            return read_sectors(memory, chain, image, sector);
+            return read_sectors(memory, chain, image, sector, options);
         case VIRTIO_BLK_T_OUT:
             return write_sectors(memory, chain, image, sector, options);
         case VIRTIO_BLK_T_FLUSH:
-            return image.flush() ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
+            return flush(image, options);
         case VIRTIO_BLK_T_GET_ID:
             return get_id(memory, chain, options);
         case VIRTIO_BLK_T_DISCARD:

@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdint>
 
+#include "proto/vmm_stats.h"
 #include "vmm/devices/blk/disk_image.h"
 #include "vmm/devices/virtio/queue.h"
 #include "vmm/memory/guest_memory.h"
@@ -38,6 +39,9 @@ struct RequestOptions {
     // The driver did not negotiate FLUSH although we offered it: every write must be stable before it
     // completes (virtio 1.x 5.2.6.2), so each one is followed by an fdatasync.
     bool write_through = false;
+    // Where completed requests are counted (reads and writes that succeeded: bytes and ops; flushes); not
+    // counted when null. Must outlive the requests.
+    proto::VmmStats* stats = nullptr;
 };
 
 // Serves `chain` and writes its status byte (the last device-writable byte). Returns the length to report

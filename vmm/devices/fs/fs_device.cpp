@@ -17,7 +17,7 @@ constexpr size_t kConfigSize = kMaxTagLen + sizeof(uint32_t);  // struct virtio_
 }  // namespace
 
 Result<std::shared_ptr<FsDevice>> FsDevice::create(std::string tag, std::shared_ptr<FuseHandler> handler,
-                                                   [[maybe_unused]] EventLoop& loop) {
+                                                   [[maybe_unused]] EventLoop& loop, proto::VmmStats* stats) {
     if (tag.empty() || tag.size() > kMaxTagLen) {
         return make_error("virtio-fs tag \"" + tag + "\" must be 1 to " + std::to_string(kMaxTagLen) +
                           " bytes");
@@ -25,7 +25,7 @@ Result<std::shared_ptr<FsDevice>> FsDevice::create(std::string tag, std::shared_
     // The guest reads the tag up to the first NUL: one inside it would silently shorten it.
     if (tag.find('\0') != std::string::npos) return make_error("virtio-fs tag contains a NUL byte");
     if (!handler) return make_error("virtio-fs device needs a FUSE handler");
-    std::shared_ptr<FsDevice> device(new FsDevice(std::move(tag), std::move(handler)));
+    std::shared_ptr<FsDevice> device(new FsDevice(std::move(tag), std::move(handler), stats));
     // Raw pointer: the workers must not keep the device alive; its destructor joins them.
     for (size_t i = 0; i < kWorkerThreads; ++i)
         device->workers_.emplace_back([raw = device.get()] { raw->worker_main(); });
@@ -140,6 +140,21 @@ void FsDevice::worker_main() {
     }
 }
 
+// The reply comes from our own handler, so its header and fuse_write_out are trusted (and still checked for
+// size).
+void FsDevice::count_data(uint32_t opcode, std::span<const uint8_t> reply) {
+    fuse_out_header out{};
+    std::memcpy(&out, reply.data(), sizeof out);
+    if (out.error != 0) return;
+    if (opcode == FUSE_READ) {
+        proto::count(stats_->fs_read_bytes, reply.size() - kOutHeaderSize);
+    } else if (opcode == FUSE_WRITE && reply.size() >= kOutHeaderSize + sizeof(fuse_write_out)) {
+        fuse_write_out written{};
+        std::memcpy(&written, reply.data() + kOutHeaderSize, sizeof written);
+        proto::count(stats_->fs_write_bytes, written.size);
+    }
+}
+
 uint32_t FsDevice::serve(const GuestMemory& memory, const virtio::Chain& chain, Buffers& buffers) {
     const bool can_reply = chain.writable_len >= kOutHeaderSize;
     auto reply_error = [&](uint64_t unique, int error) -> uint32_t {
@@ -176,6 +191,7 @@ uint32_t FsDevice::serve(const GuestMemory& memory, const virtio::Chain& chain, 
         used_len = reply_error(in.unique, EIO);  // a malformed reply, or more than the guest has room for
     } else {
         used_len = static_cast<uint32_t>(virtio::write_to_chain(memory, chain, 0, buffers.reply));
+        if (stats_) count_data(in.opcode, buffers.reply);
     }
     // Keep steady-state buffers, but do not hold on to a one-off giant reply.
     if (buffers.reply.capacity() > 2 * max_request_len()) std::vector<uint8_t>().swap(buffers.reply);

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "proto/base/error.h"
+#include "proto/vmm_stats.h"
 #include "vmm/devices/fs/fuse_handler.h"
 #include "vmm/devices/virtio/device.h"
 #include "vmm/event_loop.h"
@@ -67,8 +68,9 @@ class FsDevice : public virtio::Device, public std::enable_shared_from_this<FsDe
     // tag: 1..36 bytes, shown in config space; the guest mounts `mount -t virtiofs TAG DIR`. Starts the
     // worker threads. `loop` is unused today (the device's only host-side work is the handler, run on its
     // workers); it is taken so every virtio device is created the same way.
+    // `stats`, if given, counts the data of successful READ and WRITE requests; it must outlive the device.
     static Result<std::shared_ptr<FsDevice>> create(std::string tag, std::shared_ptr<FuseHandler> handler,
-                                                    EventLoop& loop);
+                                                    EventLoop& loop, proto::VmmStats* stats = nullptr);
     // Waits for the request in progress on each worker, then joins them.
     ~FsDevice() override;
     FsDevice(const FsDevice&) = delete;
@@ -101,8 +103,8 @@ class FsDevice : public virtio::Device, public std::enable_shared_from_this<FsDe
         std::vector<uint8_t> reply;
     };
 
-    FsDevice(std::string tag, std::shared_ptr<FuseHandler> handler)
-        : tag_(std::move(tag)), handler_(std::move(handler)) {}
+    FsDevice(std::string tag, std::shared_ptr<FuseHandler> handler, proto::VmmStats* stats)
+        : tag_(std::move(tag)), handler_(std::move(handler)), stats_(stats) {}
 
     void worker_main();
     // The next chain to serve, hiprio first, then the request queues in turn. Mutex held.
@@ -110,9 +112,12 @@ class FsDevice : public virtio::Device, public std::enable_shared_from_this<FsDe
     bool any_available();
     // Runs one request outside the mutex; returns the used length.
     uint32_t serve(const GuestMemory& memory, const virtio::Chain& chain, Buffers& buffers);
+    // Adds a successful READ's or WRITE's data bytes to stats_ (non-null). `reply` is at least a header.
+    void count_data(uint32_t opcode, std::span<const uint8_t> reply);
 
     const std::string tag_;
     const std::shared_ptr<FuseHandler> handler_;
+    proto::VmmStats* const stats_;  // may be null
     std::vector<std::thread> workers_;
 
     // Guarded by mutex().
