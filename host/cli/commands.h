@@ -3,6 +3,9 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace sandlot::cli {
 
@@ -11,5 +14,9 @@ using CommandRunner = std::function<int()>;
 CommandRunner add_boot_command(CLI::App& app);
 CommandRunner add_run_command(CLI::App& app);
 CommandRunner add_volume_command(CLI::App& app);
+// Named sandboxes: create, start, stop, kill, rm, ls, ps, inspect, exec.
+std::vector<std::pair<std::string, CommandRunner>> add_sandbox_commands(CLI::App& app);
+// logs, metrics.
+std::vector<std::pair<std::string, CommandRunner>> add_observe_commands(CLI::App& app);
 
 }  // namespace sandlot::cli

@@ -18,6 +18,10 @@ int main(int argc, char** argv) {
         {"run", sandlot::cli::add_run_command(app)},
         {"volume", sandlot::cli::add_volume_command(app)},
     };
+    for (auto& [name, run] : sandlot::cli::add_sandbox_commands(app))
+        commands.emplace(name, std::move(run));
+    for (auto& [name, run] : sandlot::cli::add_observe_commands(app))
+        commands.emplace(name, std::move(run));
 
     try {
         app.parse(argc, argv);

@@ -1,115 +1,45 @@
-// `sandlot run`: boot a sandbox, run one command in it the way `docker run` does, stream its output, tear the
-// VM down and exit with the command's status.
+// `sandlot run`: create a sandbox, boot it, run one command in it the way `docker run` does, stream its
+// output, stop the sandbox and exit with the command's status.
+//
+// Attached (the default), the sandbox lives only as long as this process: if it dies, even by SIGKILL, the
+// supervisor's watchdog pipe closes and the sandbox is stopped. Without --name the sandbox gets a generated
+// name and is removed when it stops. With -d the sandbox keeps running; the command (optional) runs in the
+// background under the supervisor, its output going to the sandbox's log.
 //
 // Exit status: the command's own; 128+N when signal N killed it; 127 when it was not found in the sandbox,
 // 126 when it could not be executed, 125 for other spawn failures and for sandlot's own failures (options,
 // boot, VM, connection), which print one line "sandlot: error: ...".
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
-#include <cmath>
-#include <cstring>
-#include <filesystem>
 #include <memory>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "host/cli/commands.h"
-#include "host/cli/storage_args.h"
+#include "host/cli/sandbox_args.h"
 #include "host/lib/attach.h"
-#include "host/lib/exec.h"
-#include "host/lib/sandbox.h"
-#include "proto/base/unique_fd.h"
+#include "host/lib/lifecycle.h"
 
 namespace sandlot::cli {
 
 namespace {
 
-namespace fs = std::filesystem;
-
-constexpr int kSandlotFailed = 125;  // sandlot itself failed, not the command (docker uses the same number)
-
-// What the sandbox is. (`-d` and `--name` join these with the lifecycle issue.)
-struct SandboxArgs {
-    uint64_t memory_mib = 256;
-    uint32_t cpus = 1;
-    double boot_timeout_s = 60;
-    std::string console;  // file for the guest console; "" = kept privately (and shown on boot failures)
-    StorageArgs storage;
-};
-
-// What runs in it and how. `sandlot exec` will share these.
-struct ProcessArgs {
-    std::vector<std::string> env;  // K=V, or K to take K's value from this environment
-    std::string workdir;
-    std::string user;
-    bool tty = false;
-    bool interactive = false;
-    double timeout_s = 0;
-    std::vector<std::string> command;
-};
-
 struct RunArgs {
     SandboxArgs sandbox;
     ProcessArgs process;
+    std::string name;
+    bool detach = false;
+    bool remove = false;
+    bool replace = false;
+    double replace_timeout_s = 10;
 };
 
-int fail(const std::string& message) {
-    fmt::print(stderr, "sandlot: error: {}\n", message);
-    return kSandlotFailed;
-}
-
-std::chrono::milliseconds to_ms(double seconds) {
-    return std::chrono::milliseconds(static_cast<int64_t>(std::llround(seconds * 1000)));
-}
-
-Result<host::ExecRequest> make_request(const ProcessArgs& args) {
-    if (args.command.empty()) return make_error("no command given (sandlot run [OPTIONS] -- CMD [ARGS...])");
-    if (args.timeout_s < 0 || !std::isfinite(args.timeout_s)) return make_error("--timeout must be >= 0");
-    host::ExecRequest request;
-    request.argv = args.command;
-    for (const auto& entry : args.env) {
-        if (entry.empty() || entry.front() == '=')
-            return make_error("-e '" + entry + "': expected KEY=VALUE or KEY");
-        if (entry.find('=') != std::string::npos) {
-            request.env.push_back(entry);
-        } else if (const char* value = std::getenv(entry.c_str())) {
-            // Like docker: a bare KEY passes this environment's value, and nothing when it is unset.
-            request.env.push_back(entry + "=" + value);
-        }
-    }
-    request.cwd = args.workdir;
-    request.user = args.user;
-    request.pty = args.tty;
-    request.stdin_open = args.interactive;
-    request.timeout = to_ms(args.timeout_s);
-    if (args.timeout_s > 0 && request.timeout.count() == 0) request.timeout = std::chrono::milliseconds(1);
-    if (args.tty) {
-        // attach() resizes it again from our terminal; the start size matters for what the command prints
-        // first.
-        auto size = host::terminal_size(STDOUT_FILENO);
-        if (!size) size = host::terminal_size(STDIN_FILENO);
-        if (size) std::tie(request.rows, request.cols) = *size;
-        // The guest's programs should speak the host terminal's language (the agent defaults to
-        // xterm-256color).
-        const char* term = std::getenv("TERM");
-        bool term_given = false;
-        for (const auto& e : request.env)
-            term_given = term_given || e.starts_with("TERM=");
-        if (term && *term && !term_given)
-            request.env.insert(request.env.begin(), std::string("TERM=") + term);
-    }
-    return request;
-}
-
-// Until the command runs (and while the VM goes down), a SIGINT/SIGTERM/SIGHUP/SIGQUIT is remembered rather
-// than killing us with the VM left behind; attach() forwards them to the command while it runs.
+// Until the command runs, a SIGINT/SIGTERM/SIGHUP/SIGQUIT is remembered rather than killing us in the middle
+// of starting the sandbox; attach() forwards them to the command while it runs.
 std::atomic<int> g_pending_signal{0};
 static_assert(std::atomic<int>::is_always_lock_free);  // so the handler is async-signal-safe
 
@@ -127,125 +57,113 @@ void remember_signals() {
         sigaction(signo, &action, nullptr);
 }
 
+std::string boot_error(const Error& error, const SandboxArgs& args) {
+    if (error.code == ETIMEDOUT)
+        return fmt::format("the sandbox did not become ready within {} s (--boot-timeout)",
+                           args.boot_timeout_s);
+    return "could not start the sandbox: " + error.message;
+}
+
+}  // namespace
+
 // The exit status sandlot itself ends with, after saying why the command did not run or was killed.
-int report(const host::ExitStatus& status, const ProcessArgs& args) {
+static int report_exit(const host::ExitStatus& status, const std::string& program, double timeout_s) {
     if (status.spawn_failure) {
         const auto& failure = *status.spawn_failure;
         if (failure.kind == proto::SpawnErrorKind::NotFound) {
-            fmt::print(stderr, "sandlot: error: command not found in sandbox: {}\n", args.command.front());
+            fmt::print(stderr, "sandlot: error: command not found in sandbox: {}\n", program);
         } else {
             fmt::print(stderr, "sandlot: error: {}\n", failure.message);
         }
     } else if (status.timed_out) {
         fmt::print(stderr, "sandlot: error: command timed out after {} s (--timeout); it was killed\n",
-                   args.timeout_s);
+                   timeout_s);
     }
     return status.shell_code();
 }
 
-// The session broke: say whether the VM died under it or the vsock connection went.
-std::string session_error(const Error& error, host::Sandbox& sandbox) {
-    if (error.message.starts_with("attach:")) return error.message;
-    if (auto status = sandbox.wait(std::chrono::milliseconds(100)))
-        return fmt::format(
-            "the sandbox's VM exited unexpectedly (sandlot-vmm status {}) while the command ran", *status);
-    return "lost the connection to the sandbox's agent over vsock: " + error.to_string();
-}
-
-// Runs the command in a booted sandbox and returns sandlot's exit status.
-int run_process(host::Sandbox& sandbox, const host::ExecRequest& request, const ProcessArgs& args) {
-    auto& agent = sandbox.agent();
-    if (auto supported = agent.check_supported(request); !supported) return fail(supported.error().message);
-    auto stream = agent.exec_stream(request);
-    if (!stream) return fail(session_error(stream.error(), sandbox));
+int run_in_sandbox(host::SandboxHome& home, const std::string& name, const host::ExecRequest& request,
+                   const ProcessArgs& args, int pending_signal) {
+    auto stream = home.exec(name, request);
+    if (!stream) {
+        auto record = home.get(name);
+        if (record && record->status != host::SandboxStatus::Running && !record->exit_reason.empty())
+            return fail(fmt::format("sandbox \"{}\" is {} ({})", name, host::status_name(record->status),
+                                    record->exit_reason));
+        return fail(stream.error());
+    }
     host::ExecStream& process = **stream;
     // A signal that came while the request was on its way is the command's.
-    if (int signo = g_pending_signal.exchange(0)) (void)process.signal(signo);
-
+    if (pending_signal) (void)process.signal(pending_signal);
     // Output to our stdout/stderr, -i: our stdin to its stdin, signals forwarded; -t on a terminal: raw mode.
     auto status =
         host::attach(process, args.interactive ? STDIN_FILENO : -1, STDOUT_FILENO, {.err_fd = STDERR_FILENO});
-    if (!status) return fail(session_error(status.error(), sandbox));
-    return report(*status, args);
+    if (!status) {
+        if (status.error().message.starts_with("attach:")) return fail(status.error().message);
+        auto record = home.get(name);
+        if (record && record->status != host::SandboxStatus::Running)
+            return fail(fmt::format(
+                "the sandbox stopped while the command ran ({})",
+                record->exit_reason.empty() ? host::status_name(record->status) : record->exit_reason));
+        return fail("lost the connection to the sandbox's agent over vsock: " + status.error().to_string());
+    }
+    return report_exit(*status, args.command.front(), args.timeout_s);
 }
 
-// A private directory for the VMM's log: the VMM must not hold our stdout/stderr (a reader of `sandlot run`'s
-// output would wait for it), and its last words are part of our error message if it fails.
-struct RunDirectory {
-    std::string path;
-    RunDirectory() {
-        const char* base = std::getenv("XDG_RUNTIME_DIR");
-        std::string templ = std::string(base && *base ? base : "/tmp") + "/sandlot-run-XXXXXX";
-        if (mkdtemp(templ.data())) path = templ;
-    }
-    ~RunDirectory() {
-        std::error_code ec;
-        if (!path.empty()) fs::remove_all(path, ec);
-    }
-    std::string vmm_log() const { return path + "/vmm.log"; }
-    // The VMM's last line, if it wrote one.
-    std::string vmm_last_words() const {
-        if (path.empty()) return "";
-        UniqueFd fd(open(vmm_log().c_str(), O_RDONLY | O_CLOEXEC));
-        if (!fd) return "";
-        std::string text(4096, '\0');
-        off_t size = lseek(fd.get(), 0, SEEK_END);
-        off_t from = size > 4096 ? size - 4096 : 0;
-        ssize_t n = pread(fd.get(), text.data(), text.size(), from);
-        text.resize(n > 0 ? static_cast<size_t>(n) : 0);
-        while (!text.empty() && (text.back() == '\n' || text.back() == '\r'))
-            text.pop_back();
-        auto newline = text.rfind('\n');
-        return newline == std::string::npos ? text : text.substr(newline + 1);
-    }
-};
-
-std::string boot_error(const Error& error, const SandboxArgs& args, const RunDirectory& dir) {
-    std::string message;
-    if (error.code == ETIMEDOUT) {
-        message =
-            fmt::format("the sandbox did not become ready within {} s (--boot-timeout)", args.boot_timeout_s);
-    } else {
-        message = "could not start the sandbox: " + error.to_string();
-    }
-    if (auto words = dir.vmm_last_words(); !words.empty()) message += " (" + words + ")";
-    return message;
-}
-
-// Orderly power-off; a VM that does not go is killed.
-void tear_down(host::Sandbox& sandbox) {
-    auto status = sandbox.shutdown(std::chrono::seconds(10));
-    if (!status) sandbox.kill();
-}
+namespace {
 
 int run(const RunArgs& args) {
-    auto request = make_request(args.process);
-    if (!request) return fail(request.error().message);
-    if (!(args.sandbox.boot_timeout_s > 0)) return fail("--boot-timeout must be more than 0 seconds");
-    if (args.sandbox.cpus == 0) return fail("--cpus must be at least 1");
-    if (args.sandbox.memory_mib == 0) return fail("--memory must be at least 1 MiB");
+    std::optional<host::ExecRequest> request;
+    if (!args.process.command.empty() || !args.detach) {
+        auto made = make_request(args.process);
+        if (!made) return fail(made.error().message);
+        request = std::move(*made);
+    }
+    auto config = to_config(args.sandbox);
+    if (!config) return fail(config.error());
+    auto labels = to_labels(args.sandbox.labels);
+    if (!labels) return fail(labels.error());
+    config->ephemeral = args.remove || args.name.empty();
+    if (args.detach && request) {
+        config->init.argv = request->argv;
+        config->init.env = request->env;
+        config->init.cwd = request->cwd;
+        config->init.user = request->user;
+    }
+    auto home = host::SandboxHome::open();
+    if (!home) return fail(home.error());
+
+    host::CreateOptions create_options;
+    create_options.replace = args.replace;
+    create_options.replace_timeout = to_ms(args.replace_timeout_s);
+    std::string name = args.name;
+    Result<host::SandboxRecord> created = make_error("unset");
+    for (int attempt = 0; attempt < 5; ++attempt) {
+        if (args.name.empty()) name = host::generate_sandbox_name();
+        created = home->create(name, *config, *labels, create_options);
+        if (created || !args.name.empty() || created.error().code != EEXIST) break;
+    }
+    if (!created) return fail(created.error());
 
     remember_signals();
-    RunDirectory dir;
-    if (dir.path.empty())
-        return fail(std::string("cannot create a runtime directory: ") + std::strerror(errno));
-    auto storage = to_storage_options(args.sandbox.storage);
-    if (!storage) return fail(storage.error().to_string());
-    host::SandboxOptions options;
-    options.storage = std::move(*storage);
-    options.memory_mib = args.sandbox.memory_mib;
-    if (!args.sandbox.console.empty()) options.console = "file:" + args.sandbox.console;
-    options.cpus = args.sandbox.cpus;
-    options.ready_timeout = to_ms(args.sandbox.boot_timeout_s);
-    options.vmm_log = dir.vmm_log();
-    auto sandbox = host::Sandbox::boot(options);
-    // Interrupted while booting (the VMM has a process group of its own, so ^C reached only us): end
-    // quietly, like a shell; the Sandbox going away kills the VM.
-    if (int signo = g_pending_signal.load()) return 128 + signo;
-    if (!sandbox) return fail(boot_error(sandbox.error(), args.sandbox, dir));
-
-    int code = run_process(**sandbox, *request, args.process);
-    tear_down(**sandbox);
+    host::StartOptions start_options;
+    start_options.attached = !args.detach;
+    auto attachment = home->start(name, start_options);
+    if (!attachment) {
+        if (config->ephemeral) (void)home->remove(name, true);
+        return fail(boot_error(attachment.error(), args.sandbox));
+    }
+    if (args.detach) {
+        fmt::print("{}\n", name);
+        return 0;
+    }
+    // Interrupted while booting: end quietly, like a shell; the sandbox goes with us.
+    if (int signo = g_pending_signal.load()) {
+        (void)home->stop(name, std::chrono::seconds(3));
+        return 128 + signo;
+    }
+    int code = run_in_sandbox(*home, name, *request, args.process, g_pending_signal.exchange(0));
+    (void)home->stop(name, std::chrono::seconds(10));
     return code;
 }
 
@@ -253,30 +171,20 @@ int run(const RunArgs& args) {
 
 CommandRunner add_run_command(CLI::App& app) {
     auto args = std::make_shared<RunArgs>();
-    auto* cmd = app.add_subcommand("run", "Boot a sandbox, run a command in it, tear it down");
+    auto* cmd = app.add_subcommand("run", "Create and boot a sandbox, run a command in it");
     // Everything after the command's name is the command's: `sandlot run sh -c 'ls -l'`.
     cmd->positionals_at_end(true);
-
-    auto& box = args->sandbox;
-    cmd->add_option("--memory", box.memory_mib, "Guest memory in MiB")->capture_default_str();
-    cmd->add_option("--cpus", box.cpus, "Number of vCPUs")->capture_default_str();
-    cmd->add_option("--boot-timeout", box.boot_timeout_s, "Seconds to wait for the sandbox to become ready")
+    cmd->add_option("--name", args->name, "Name the sandbox (it is kept after it stops unless --rm)");
+    cmd->add_flag("-d,--detach", args->detach,
+                  "Leave the sandbox running in the background; the command (optional) runs there, logged");
+    cmd->add_flag("--rm", args->remove, "Remove the sandbox when it stops (always so without --name)");
+    cmd->add_flag("--replace", args->replace, "Stop and remove a sandbox of the same name first");
+    cmd->add_option("--replace-timeout", args->replace_timeout_s,
+                    "Seconds the replaced sandbox gets to stop before it is killed")
         ->capture_default_str();
-    cmd->add_option("--console", box.console,
-                    "Write the guest console (kernel and agentd messages) to this file, for debugging");
-    add_storage_options(*cmd, box.storage);
-
-    auto& proc = args->process;
-    cmd->add_option("-e,--env", proc.env, "Set KEY=VALUE in the command's environment (KEY alone: from here)")
-        ->allow_extra_args(false);
-    cmd->add_option("-w,--workdir", proc.workdir,
-                    "Working directory in the sandbox (default: the user's home)");
-    cmd->add_option("-u,--user", proc.user, "User: name, uid or uid:gid (default: root)");
-    cmd->add_flag("-t,--tty", proc.tty, "Run the command on a pseudo-terminal");
-    cmd->add_flag("-i,--interactive", proc.interactive, "Forward stdin to the command");
-    cmd->add_option("--timeout", proc.timeout_s, "Kill the command after this many seconds (0: never)")
-        ->capture_default_str();
-    cmd->add_option("command", proc.command, "The command and its arguments")->required();
+    add_sandbox_options(*cmd, args->sandbox);
+    add_process_options(*cmd, args->process);
+    cmd->add_option("command", args->process.command, "The command and its arguments");
     return [args] { return run(*args); };
 }
 

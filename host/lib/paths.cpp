@@ -26,9 +26,8 @@ std::string image_dir() {
     return guest_dir() + "/images";
 }
 
-std::string state_dir() {
-    if (const char* env = std::getenv("SANDLOT_STATE_DIR"); env && *env) return env;
-    if (geteuid() == 0) return "/var/lib/sandlot";
+std::string home_dir() {
+    if (const char* env = std::getenv("SANDLOT_HOME"); env && *env) return env;
     if (const char* data = std::getenv("XDG_DATA_HOME"); data && *data) return std::string(data) + "/sandlot";
     const char* home = std::getenv("HOME");
     return std::string(home && *home ? home : "/tmp") + "/.local/share/sandlot";

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -46,7 +47,12 @@ Result<std::unique_ptr<Sandbox>> Sandbox::boot(SandboxOptions options) {
 
     std::unique_ptr<Sandbox> sandbox(new Sandbox);
     sandbox->options_ = options;
-    sandbox->runtime_dir_ = TRY(make_runtime_dir());
+    if (options.runtime_dir.empty()) {
+        sandbox->runtime_dir_ = TRY(make_runtime_dir());
+        sandbox->own_runtime_dir_ = true;
+    } else {
+        sandbox->runtime_dir_ = options.runtime_dir;
+    }
     sandbox->vsock_uds_ = sandbox->runtime_dir_ + "/vsock.sock";
     sandbox->storage_ = TRY(prepare_storage(options.storage, sandbox->runtime_dir_));
     TRY(sandbox->wait_for_agent());
@@ -83,6 +89,7 @@ Result<void> Sandbox::wait_for_agent() {
                                      "--cmdline",
                                      cmdline};
     argv.insert(argv.end(), storage_.vmm_args.begin(), storage_.vmm_args.end());
+    argv.insert(argv.end(), options_.vmm_args.begin(), options_.vmm_args.end());
     auto start = Clock::now();
     vmm_ = TRY(ChildProcess::spawn(argv, options_.vmm_log));
     auto deadline = start + options_.ready_timeout;
@@ -139,8 +146,10 @@ std::string Sandbox::console_log() const {
 
 std::string Sandbox::agent_last_words() const {
     // agentd's fatal boot errors are one console line: "agentd: storage: ...". Read the log's tail.
-    UniqueFd fd(open(console_log().c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) return "";
+    // Only a regular file: a console that is a FIFO belongs to its reader (the supervisor).
+    UniqueFd fd(open(console_log().c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+    struct stat st {};
+    if (!fd || fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return "";
     off_t size = lseek(fd.get(), 0, SEEK_END);
     std::string text(static_cast<size_t>(std::min<off_t>(std::max<off_t>(size, 0), 16384)), '\0');
     ssize_t n = pread(fd.get(), text.data(), text.size(), size - static_cast<off_t>(text.size()));
@@ -166,7 +175,7 @@ std::string Sandbox::agent_last_words() const {
 Sandbox::~Sandbox() {
     agent_.reset();
     vmm_.reset();  // kills a VMM that is still running
-    if (!runtime_dir_.empty()) {
+    if (own_runtime_dir_) {
         std::error_code ec;
         fs::remove_all(runtime_dir_, ec);
     }

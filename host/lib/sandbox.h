@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "host/lib/agent_connection.h"
 #include "host/lib/process.h"
@@ -39,6 +40,10 @@ struct SandboxOptions {
     // Wait for the agent by retrying CONNECT instead of its boot-time notification connection.
     bool wait_by_polling = false;
     StorageOptions storage;  // root filesystem, volumes, patches, exec defaults
+    // Where the vsock socket, the boot archive and the console log go. "" = a fresh private directory,
+    // removed with the Sandbox; a given one is kept (the supervisor uses the sandbox's own directory).
+    std::string runtime_dir;
+    std::vector<std::string> vmm_args;  // more sandlot-vmm arguments (--stats-file, --parent-pid)
 };
 
 class Sandbox {
@@ -53,6 +58,7 @@ class Sandbox {
     const std::string& vsock_uds() const { return vsock_uds_; }
     const std::string& runtime_dir() const { return runtime_dir_; }
     pid_t vmm_pid() const { return vmm_->pid(); }
+    int vmm_pidfd() const { return vmm_->pidfd(); }  // readable once the VMM has exited
 
     // A new connection to the agent through the vsock socket's CONNECT handshake.
     Result<std::unique_ptr<AgentConnection>> connect();
@@ -72,6 +78,7 @@ class Sandbox {
 
     SandboxOptions options_;
     std::string runtime_dir_;
+    bool own_runtime_dir_ = false;
     std::string vsock_uds_;
     PreparedStorage storage_;
     std::optional<ChildProcess> vmm_;

@@ -37,7 +37,7 @@ struct RootOptions {
 struct Volume {
     enum class Kind {
         Bind,   // source: a host directory, shared through virtio-fs
-        Named,  // source: a volume name; a directory under state_dir()/volumes, created on first use
+        Named,  // source: a volume name; a directory under home_dir()/volumes, created on first use
         Tmpfs,  // size_bytes: size limit
         Disk,   // source: a disk image file, mounted at target
     };

@@ -53,7 +53,7 @@ Result<void> check_volume_name(const std::string& name) {
 }
 
 std::string volumes_dir() {
-    return state_dir() + "/volumes";
+    return home_dir() + "/volumes";
 }
 
 Result<VolumeInfo> create_volume(const std::string& name) {

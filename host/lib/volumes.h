@@ -1,4 +1,4 @@
-// Named volumes: directories under state_dir()/volumes/NAME that outlive sandboxes. `sandlot run --volume
+// Named volumes: directories under home_dir()/volumes/NAME that outlive sandboxes. `sandlot run --volume
 // NAME:/path` creates one on first use; `sandlot volume create/ls/rm/inspect` manage them. A volume is shared
 // into a guest through virtio-fs like any host directory.
 #pragma once

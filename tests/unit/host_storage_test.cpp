@@ -82,7 +82,7 @@ class HostStorage : public ::testing::Test {
     std::string runtime() const { return dir_ / "run"; }
 
     test::TempDir dir_{"sandlot-storage"};
-    ScopedEnv state_{"SANDLOT_STATE_DIR", dir_ / "state"};
+    ScopedEnv state_{"SANDLOT_HOME", dir_ / "state"};
     ScopedEnv images_{"SANDLOT_IMAGE_DIR", dir_ / "images"};
 };
 

@@ -113,7 +113,7 @@ TEST_F(StorageVm, NamedTmpfsAndDiskVolumes) {
     std::string disk = dir_ / "data.ext4";
     ASSERT_TRUE(host::create_ext4_image(disk, 64ull << 20));
     SandlotRunOptions options;
-    options.env = {"SANDLOT_STATE_DIR=" + state};
+    options.env = {"SANDLOT_HOME=" + state};
     auto first = run_sandlot(with_command({"run", "--volume", "cache:/cache", "--tmpfs", "/scratch:16m",
                                            "--disk", disk + ":/mnt/disk"},
                                           "echo 1 > /cache/n; echo on-disk > /mnt/disk/f; "
