@@ -247,6 +247,9 @@ std::vector<std::pair<std::string, CommandRunner>> add_sandbox_commands(CLI::App
     exec->add_option("name", args->name, "Sandbox name")->required();
     exec->add_option("command", args->process.command, "The command and its arguments");
     commands.emplace_back("exec", [args]() -> int {
+        // After NAME, CLI11 hands a "--" separator through as the command's first word.
+        if (!args->process.command.empty() && args->process.command.front() == "--")
+            args->process.command.erase(args->process.command.begin());
         auto request = make_request(args->process);
         if (!request) return fail(request.error().message);
         auto home = host::SandboxHome::open();
