@@ -66,17 +66,11 @@ void print_record(const host::LogRecord& record, bool json_output) {
     }
 }
 
-int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
-
 Result<host::LogQuery> to_query(const LogsArgs& args) {
     host::LogQuery query;
     query.after_seq = args.after;
-    if (!args.since.empty()) query.since_ns = TRY(host::parse_time_arg(args.since, now_ns()));
-    if (!args.until.empty()) query.until_ns = TRY(host::parse_time_arg(args.until, now_ns()));
+    if (!args.since.empty()) query.since_ns = TRY(host::parse_time_arg(args.since, host::unix_now_ns()));
+    if (!args.until.empty()) query.until_ns = TRY(host::parse_time_arg(args.until, host::unix_now_ns()));
     for (const auto& text : args.sources) {
         auto source = host::parse_log_source(text);
         if (!source) return make_error("--source " + text + ": expected stdout, stderr, output or system");

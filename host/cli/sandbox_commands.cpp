@@ -31,9 +31,7 @@ std::string rfc3339(int64_t unix_ns) {
 // "3 minutes ago", for tables.
 std::string ago(int64_t unix_ns) {
     if (unix_ns <= 0) return "-";
-    int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::chrono::system_clock::now().time_since_epoch())
-                      .count();
+    int64_t now = host::unix_now_ns();
     int64_t s = std::max<int64_t>((now - unix_ns) / 1'000'000'000, 0);
     if (s < 60) return fmt::format("{}s ago", s);
     if (s < 3600) return fmt::format("{}m ago", s / 60);

@@ -31,12 +31,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-int64_t unix_now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
-
 bool is_active(SandboxStatus status) {
     return status == SandboxStatus::Running || status == SandboxStatus::Draining;
 }
@@ -112,7 +106,8 @@ Result<SandboxHome> SandboxHome::open(std::string home) {
     if (home.empty()) home = home_dir();
     std::error_code ec;
     fs::create_directories(home + "/sandboxes", ec);
-    if (ec) return make_error("cannot create " + home + "/sandboxes: " + ec.message());
+    if (ec && !fs::is_directory(home + "/sandboxes"))
+        return make_error("cannot create " + home + "/sandboxes: " + ec.message());
     SandboxHome result;
     result.home_ = home;
     result.db_ = std::make_unique<StateDb>(TRY(StateDb::open(home + "/sandlot.db")));
@@ -377,8 +372,15 @@ Result<void> SandboxHome::remove(const std::string& name, bool force) {
     }
     auto sandbox_paths = paths(record);
     auto lock = TRY(open_lock(sandbox_paths.lock()));
-    if (flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
-        return make_error("sandbox \"" + name + "\" is starting; try again", EBUSY);
+    // A supervisor that has just recorded the end may still be on its way out.
+    auto deadline = Clock::now() + milliseconds(5'000);
+    while (flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+        if (Clock::now() >= deadline)
+            return make_error("sandbox \"" + name + "\" is starting; try again", EBUSY);
+        std::this_thread::sleep_for(milliseconds(50));
+    }
+    record = TRY(find(name));
+    if (is_active(record.status)) return make_error("sandbox \"" + name + "\" is running", EBUSY);
     TRY(db_->delete_sandbox(record.id));
     std::error_code ec;
     fs::remove_all(sandbox_paths.dir, ec);

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sqlite3.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -59,12 +60,6 @@ CREATE TABLE images (
 constexpr const char* kSandboxColumns =
     "id, name, config, status, created_ns, updated_ns, started_ns, stopped_ns, vmm_pid, vmm_start, "
     "supervisor_pid, supervisor_start, exit_reason, exit_code, request, request_timeout_ms";
-
-int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
 
 std::string random_id() {
     std::random_device random;
@@ -204,6 +199,17 @@ class Transaction {
 };
 
 Result<StateDb> StateDb::open(const std::string& path) {
+    // Creating the file, switching it to WAL and migrating are serialized across processes: SQLite reports
+    // a busy journal-mode change at once instead of waiting for it.
+    std::string lock_path = path + ".lock";
+    int lock = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock < 0) return errno_error("state database: open " + lock_path);
+    struct Unlock {
+        int fd;
+        ~Unlock() { ::close(fd); }
+    } unlock{lock};
+    while (flock(lock, LOCK_EX) != 0)
+        if (errno != EINTR) return errno_error("state database: flock " + lock_path);
     StateDb db;
     int rc = sqlite3_open_v2(path.c_str(), &db.db_,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
@@ -307,7 +313,7 @@ Result<SandboxRecord> StateDb::insert_sandbox(const std::string& name, const std
     record.name = name;
     record.config = config;
     record.labels = labels;
-    record.created_ns = record.updated_ns = now_ns();
+    record.created_ns = record.updated_ns = unix_now_ns();
     auto insert = PREPARE(
         "INSERT INTO sandboxes (id, name, config, status, created_ns, updated_ns) "
         "VALUES (?, ?, ?, 'created', ?, ?)");
@@ -372,7 +378,7 @@ Result<SandboxRecord> StateDb::update_sandbox(const std::string& id,
     if (!found) return make_error("sandbox " + id + " no longer exists", ENOENT);
     SandboxRecord record = std::move(*found);
     TRY(change(record));
-    record.updated_ns = now_ns();
+    record.updated_ns = unix_now_ns();
     auto update = PREPARE(
         "UPDATE sandboxes SET name = ?, config = ?, status = ?, created_ns = ?, updated_ns = ?, started_ns = "
         "?, "
@@ -422,7 +428,7 @@ Result<void> StateDb::insert_volume(const VolumeRecord& volume) {
     insert->bind(1, volume.name)
         .bind(2, volume.path)
         .bind(3, static_cast<int64_t>(volume.size_bytes))
-        .bind(4, volume.created_ns ? volume.created_ns : now_ns());
+        .bind(4, volume.created_ns ? volume.created_ns : unix_now_ns());
     auto inserted = insert->step();
     if (!inserted && inserted.error().code == EEXIST)
         return make_error("a volume named \"" + volume.name + "\" already exists", EEXIST);
@@ -475,7 +481,7 @@ Result<void> StateDb::upsert_image(const ImageRecord& image) {
         .bind(3, image.path)
         .bind(4, image.digest)
         .bind(5, static_cast<int64_t>(image.size_bytes))
-        .bind(6, image.created_ns ? image.created_ns : now_ns());
+        .bind(6, image.created_ns ? image.created_ns : unix_now_ns());
     TRY(upsert->step());
     TRY(write_labels("image", image.name, image.labels));
     return transaction.commit();

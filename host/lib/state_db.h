@@ -8,6 +8,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -22,6 +23,13 @@
 struct sqlite3;
 
 namespace sandlot::host {
+
+// The wall clock as the records keep it: nanoseconds since the Unix epoch.
+inline int64_t unix_now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
 
 enum class SandboxStatus { Created, Running, Draining, Stopped, Crashed };
 std::string_view status_name(SandboxStatus status);  // "created", "running", ...

@@ -27,12 +27,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-int64_t unix_now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
-
 void log_system(LogWriter& log, std::string_view event, std::string_view text) {
     (void)log.system(event, text);
 }
@@ -265,6 +259,7 @@ Result<void> Supervisor::boot() {
     auto sandbox = Sandbox::boot(options);
     if (!sandbox) {
         std::string why = sandbox.error().to_string();
+        console_->stop();  // everything the guest printed is read before its last words are looked for
         if (auto words = console_->agent_last_words(); !words.empty() && why.find(words) == std::string::npos)
             why += ": " + words;
         else if (auto line = last_line_of(paths_.vmm_log()); !line.empty())

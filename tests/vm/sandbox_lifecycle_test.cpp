@@ -165,7 +165,10 @@ TEST_F(LifecycleVm, ConcurrentInvocationsKeepStateConsistent) {
         threads.emplace_back([&] {
             auto run = sandlot({"create", "same", "--memory", "128"});
             if (run.status == 0) ++won;
-            if (run.status == 125 && run.err.find("already exists") != std::string::npos) ++refused;
+            if (run.status == 125 && run.err.find("already exists") != std::string::npos)
+                ++refused;
+            else if (run.status != 0)
+                ADD_FAILURE() << "create failed otherwise: " << run.err;
         });
     for (auto& t : threads)
         t.join();
