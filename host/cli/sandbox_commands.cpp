@@ -195,6 +195,21 @@ std::vector<std::pair<std::string, CommandRunner>> add_sandbox_commands(CLI::App
                              });
     });
 
+    auto* drain = app.add_subcommand(
+        "drain", "Refuse new commands, let running ones finish (killed after the timeout), then stop");
+    drain->add_option("-t,--time", args->stop_timeout_s, "Seconds running commands get to finish")
+        ->capture_default_str();
+    drain->add_option("names", args->names, "Sandbox names")->required();
+    commands.emplace_back("drain", [args] {
+        return for_each_name(
+            args->names, [&](host::SandboxHome& home, const std::string& name) -> Result<void> {
+                TRY(home.request_drain(name, to_ms(args->stop_timeout_s)));
+                // The drain, then the stop's own grace and bookkeeping.
+                TRY(home.wait_until_stopped(name, to_ms(args->stop_timeout_s) + std::chrono::seconds(20)));
+                return {};
+            });
+    });
+
     auto* kill = app.add_subcommand("kill", "Kill sandboxes' VMs at once");
     kill->add_option("names", args->names, "Sandbox names")->required();
     commands.emplace_back("kill", [args] {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "host/cli/commands.h"
+#include "host/lib/names.h"
 #include "host/lib/volumes.h"
 
 namespace sandlot::cli {
@@ -21,12 +22,17 @@ int fail(const Error& error) {
 }
 
 nlohmann::json to_json(const host::VolumeInfo& info) {
-    return {{"name", info.name}, {"path", info.path}, {"bytes", info.bytes}, {"created_at", info.created_at}};
+    return {{"name", info.name},
+            {"path", info.path},
+            {"bytes", info.bytes},
+            {"created_at", info.created_at},
+            {"labels", info.labels}};
 }
 
 struct VolumeArgs {
     std::string name;
     std::vector<std::string> names;
+    std::vector<std::string> labels;
     bool quiet = false;
 };
 
@@ -38,6 +44,7 @@ CommandRunner add_volume_command(CLI::App& app) {
     cmd->require_subcommand(1);
     auto* create = cmd->add_subcommand("create", "Create a named volume");
     create->add_option("name", args->name, "Volume name")->required();
+    create->add_option("--label", args->labels, "Label KEY=VALUE (repeatable)")->allow_extra_args(false);
     auto* ls = cmd->add_subcommand("ls", "List named volumes");
     ls->add_flag("-q,--quiet", args->quiet, "Only print names");
     auto* rm = cmd->add_subcommand("rm", "Remove named volumes and their data");
@@ -47,7 +54,13 @@ CommandRunner add_volume_command(CLI::App& app) {
 
     return [=]() -> int {
         if (create->parsed()) {
-            auto info = host::create_volume(args->name);
+            std::map<std::string, std::string> labels;
+            for (const auto& text : args->labels) {
+                auto label = host::parse_label(text);
+                if (!label) return fail(label.error());
+                labels[label->first] = label->second;
+            }
+            auto info = host::create_volume(args->name, labels);
             if (!info) return fail(info.error());
             fmt::print("{}\n", info->name);
             return 0;

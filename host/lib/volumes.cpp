@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "host/lib/paths.h"
+#include "host/lib/state_db.h"
 
 namespace sandlot::host {
 
@@ -28,6 +29,12 @@ uint64_t tree_bytes(const std::string& dir) {
     return total;
 }
 
+Result<StateDb> open_db() {
+    std::error_code ec;
+    fs::create_directories(home_dir(), ec);
+    return StateDb::open(home_dir() + "/sandlot.db");
+}
+
 Result<VolumeInfo> describe(const std::string& name) {
     std::string path = volumes_dir() + "/" + name;
     struct stat st;
@@ -36,7 +43,11 @@ Result<VolumeInfo> describe(const std::string& name) {
         return errno_error("volume " + name);
     }
     if (!S_ISDIR(st.st_mode)) return make_error("volume " + name + ": " + path + " is not a directory");
-    return VolumeInfo{name, path, tree_bytes(path), static_cast<int64_t>(st.st_mtime)};
+    VolumeInfo info{name, path, tree_bytes(path), static_cast<int64_t>(st.st_mtime)};
+    if (auto db = open_db()) {
+        if (auto record = db->find_volume(name); record && *record) info.labels = (*record)->labels;
+    }
+    return info;
 }
 
 }  // namespace
@@ -56,8 +67,9 @@ std::string volumes_dir() {
     return home_dir() + "/volumes";
 }
 
-Result<VolumeInfo> create_volume(const std::string& name) {
+Result<VolumeInfo> create_volume(const std::string& name, const std::map<std::string, std::string>& labels) {
     TRY(check_volume_name(name));
+    auto db = TRY(open_db());
     std::error_code ec;
     fs::create_directories(volumes_dir(), ec);
     if (ec) return make_error("cannot create " + volumes_dir() + ": " + ec.message());
@@ -65,6 +77,16 @@ Result<VolumeInfo> create_volume(const std::string& name) {
     if (mkdir(path.c_str(), 0755) != 0) {
         if (errno == EEXIST) return make_error("volume " + name + " already exists");
         return errno_error("create volume " + name);
+    }
+    // A record left by a volume whose directory was deleted by hand is replaced.
+    (void)db.delete_volume(name);
+    VolumeRecord record;
+    record.name = name;
+    record.path = path;
+    record.labels = labels;
+    if (auto inserted = db.insert_volume(record); !inserted) {
+        rmdir(path.c_str());
+        return std::unexpected(inserted.error());
     }
     return describe(name);
 }
@@ -102,7 +124,7 @@ Result<void> remove_volume(const std::string& name) {
     std::error_code ec;
     fs::remove_all(info.path, ec);
     if (ec) return make_error("remove volume " + name + ": " + ec.message());
-    return {};
+    return TRY(open_db()).delete_volume(name);
 }
 
 }  // namespace sandlot::host

@@ -303,7 +303,8 @@ TEST_F(HostStorage, NamedVolumeLifecycle) {
     auto info = inspect_volume("data-1");
     ASSERT_TRUE(info);
     EXPECT_EQ(info->bytes, 5u);
-    ASSERT_TRUE(create_volume("a"));
+    ASSERT_TRUE(create_volume("a", {{"team", "x"}}));
+    EXPECT_EQ(inspect_volume("a")->labels.at("team"), "x") << "labels are kept in the state database";
     auto list = list_volumes();
     ASSERT_TRUE(list);
     ASSERT_EQ(list->size(), 2u);

@@ -237,6 +237,48 @@ TEST_F(LifecycleVm, MaxDurationAndIdleTimeoutFireWithTheirReasons) {
     EXPECT_EQ(run.out, "done\n");
 }
 
+TEST_F(LifecycleVm, DrainLetsRunningCommandsFinishAndRefusesNewOnes) {
+    ASSERT_EQ(sandlot({"run", "-d", "--name", "dr", "--memory", "128"}).status, 0);
+    int pipefd[2];
+    ASSERT_EQ(pipe(pipefd), 0);
+    pid_t running = fork();
+    if (running == 0) {
+        setenv("SANDLOT_HOME", home_.c_str(), 1);
+        dup2(pipefd[1], 1);
+        close(pipefd[0]);
+        exec_sandlot({"exec", "dr", "--", "sh", "-c", "echo started; sleep 3; echo finished"});
+    }
+    close(pipefd[1]);
+    std::string out;
+    char buffer[256];
+    // Once it runs, drain.
+    while (out.find("started") == std::string::npos) {
+        ssize_t n = read(pipefd[0], buffer, sizeof buffer);
+        if (n <= 0) break;
+        out.append(buffer, static_cast<size_t>(n));
+    }
+    ASSERT_NE(out.find("started"), std::string::npos);
+    pid_t drainer = spawn({"drain", "-t", "20", "dr"});
+    auto record = wait_for(
+        "dr", [](const json& r) { return is(r, "draining"); }, 10s);
+    EXPECT_TRUE(is(record, "draining")) << record.dump();
+    auto refused = sandlot({"exec", "dr", "--", "true"});
+    EXPECT_EQ(refused.status, 125);
+    EXPECT_NE(refused.err.find("draining"), std::string::npos) << refused.err;
+    for (ssize_t n; (n = read(pipefd[0], buffer, sizeof buffer)) > 0;)
+        out.append(buffer, static_cast<size_t>(n));
+    close(pipefd[0]);
+    int status = 0;
+    waitpid(running, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    EXPECT_EQ(out, "started\nfinished\n");
+    waitpid(drainer, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    record = inspect("dr");
+    EXPECT_TRUE(is(record, "stopped")) << record.dump();
+    EXPECT_EQ(reason(record), "stopped: drained");
+}
+
 TEST_F(LifecycleVm, LogsFollowLiveOutputAndResumeFromACursor) {
     ASSERT_EQ(sandlot({"run", "-d", "--name", "lg", "--memory", "128"}).status, 0);
     // A follower started before the output.
