@@ -3,7 +3,7 @@ BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
 
-.PHONY: all setup build build-asan images demo test test-unit test-vm bench-boot bench-exec bench-storage fuzz asan \
+.PHONY: all setup build build-asan images demo test test-unit test-vm bench-boot bench-exec bench-storage bench-lifecycle fuzz asan \
 	format clean
 
 all: build
@@ -52,6 +52,11 @@ bench-exec: build
 # KVM, in the nested rig on PVM hosts). One line per figure: name sandlot=<x> host=<y> ratio=<x/y>.
 bench-storage: build
 	@benchmarks/storage/run $(BUILD)
+
+# What named sandboxes cost: start/stop through the supervisor against an in-process boot, exec into a running
+# sandbox against the CLI's own start-up and native /bin/true (directly on hardware KVM, in the rig on PVM hosts).
+bench-lifecycle: build
+	@benchmarks/lifecycle/run $(BUILD)
 
 # The wire codec's libFuzzer target (clang-16, ASan + UBSan) for a longer run than the one in `make test`.
 FUZZ_TIME ?= 120
