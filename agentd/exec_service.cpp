@@ -126,8 +126,9 @@ std::unique_ptr<ExecService> ExecService::install(Server& server, ExecConfig con
     server.set_handler(proto::MessageType::Signal, bind(&ExecService::on_signal));
     server.set_handler(proto::MessageType::Resize, bind(&ExecService::on_resize));
     server.set_child_exit_handler([self](pid_t pid, int status) { self->on_child_exit(pid, status); });
-    server.set_connection_closed_handler([self](Connection& conn) { self->on_connection_closed(conn); });
-    server.set_output_drained_handler([self](Connection& conn) { self->on_output_drained(conn); });
+    server.add_connection_hooks(
+        self, [self](Connection& conn) { self->on_connection_closed(conn); },
+        [self](Connection& conn) { self->on_output_drained(conn); });
     return service;
 }
 
@@ -140,8 +141,7 @@ ExecService::~ExecService() {
           proto::MessageType::Window, proto::MessageType::Signal, proto::MessageType::Resize})
         server_.remove_handler(type);
     server_.set_child_exit_handler(nullptr);
-    server_.set_connection_closed_handler(nullptr);
-    server_.set_output_drained_handler(nullptr);
+    server_.remove_connection_hooks(this);
     for (auto& [id, state] : connections_) {
         for (auto& [stream, session] : state.sessions) {
             if (!session->reaped) kill(-session->pid, SIGKILL);

@@ -48,7 +48,8 @@ proto::Hello build_hello(const AgentTimes& times) {
     hello.protocol_major = proto::kProtocolMajor;
     hello.protocol_minor = proto::kProtocolMinor;
     hello.features = proto::kFeatureExec | proto::kFeaturePty | proto::kFeatureExecUser |
-                     proto::kFeatureExecRlimits | proto::kFeatureExecTimeout | proto::kFeatureStats;
+                     proto::kFeatureExecRlimits | proto::kFeatureExecTimeout | proto::kFeatureStats |
+                     proto::kFeatureFs;
     hello.agent_version = std::string(proto::kAgentVersion);
     hello.agent_start_ns = times.start_ns;
     hello.agent_ready_ns = times.ready_ns;

@@ -31,6 +31,7 @@
 
 #include "agentd/exec_service.h"
 #include "agentd/exec_spawn.h"
+#include "agentd/fs_service.h"
 #include "agentd/hello.h"
 #include "agentd/init.h"
 #include "agentd/log.h"
@@ -109,7 +110,9 @@ void add_exec_defaults(ExecConfig& exec, const proto::BootConfig& boot) {
     // Scripts are found by name from every exec (a boot env's own PATH replaces this one).
     exec_config.default_env.push_back(std::string("PATH=") + kDefaultPath + ":" + proto::kScriptDir);
     if (*boot) add_exec_defaults(exec_config, **boot);
+    FsConfig fs_config{exec_config.user_db, exec_config.default_user};
     auto exec = ExecService::install(**server, std::move(exec_config));
+    auto files = FsService::install(**server, std::move(fs_config));
     (*server)->set_session_counter([&exec] { return exec->session_count(); });
 
     bool reachable = true;
@@ -201,7 +204,9 @@ int run_host_mode(int argc, char** argv, uint64_t start_ns) {
         }
         add_exec_defaults(exec_config, **boot);
     }
+    FsConfig fs_config{exec_config.user_db, exec_config.default_user};
     auto exec = ExecService::install(**server, std::move(exec_config));
+    auto files = FsService::install(**server, std::move(fs_config));
     (*server)->set_session_counter([&exec] { return exec->session_count(); });
     for (const auto& path : listen_unix) {
         if (auto ok = (*server)->listen_unix(path); !ok) {

@@ -134,7 +134,7 @@ void Connection::flush() {
     update_interest();
     if (drain_wanted_ && !dead_ && pending_output() < Server::kOutputHighWater) {
         drain_wanted_ = false;
-        if (server_.output_drained_) server_.output_drained_(*this);
+        server_.run_drained_hooks(*this);
     }
 }
 
@@ -242,6 +242,20 @@ void Server::unwatch_fd(uint64_t id) {
     if (it == watches_.end()) return;
     if (it->second.registered) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.fd, nullptr);
     watches_.erase(it);  // a handler running right now keeps its own reference (see run())
+}
+
+void Server::add_connection_hooks(const void* owner, ConnectionHook closed, ConnectionHook drained) {
+    hooks_.push_back({owner, std::move(closed), std::move(drained)});
+}
+
+void Server::remove_connection_hooks(const void* owner) {
+    std::erase_if(hooks_, [&](const ConnectionHooks& hooks) { return hooks.owner == owner; });
+}
+
+void Server::run_drained_hooks(Connection& conn) {
+    std::vector<ConnectionHooks> hooks = hooks_;
+    for (auto& hook : hooks)
+        if (hook.drained && !conn.dead_) hook.drained(conn);
 }
 
 void Server::set_handler(proto::MessageType type, Handler handler) {
@@ -380,7 +394,10 @@ void Server::greet(Connection& conn) {
 void Server::drop_connection(uint64_t id) {
     auto it = connections_.find(id);
     if (it == connections_.end()) return;
-    if (connection_closed_) connection_closed_(*it->second);
+    // A hook may remove hooks: iterate over a copy.
+    std::vector<ConnectionHooks> hooks = hooks_;
+    for (auto& hook : hooks)
+        if (hook.closed) hook.closed(*it->second);
     epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd_.get(), nullptr);
     connections_.erase(it);
 }
@@ -504,7 +521,10 @@ void Server::handle_signals() {
 Result<StopReason> Server::run() {
     std::array<epoll_event, 64> events;
     while (!stop_) {
-        int n = epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), -1);
+        // Output queued outside an event's handling (an output-drained hook producing more) is flushed on
+        // the next turn: do not sleep while some waits.
+        int n = epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()),
+                           to_flush_.empty() ? -1 : 0);
         if (n < 0) {
             if (errno == EINTR) continue;
             return errno_error("epoll_wait");

@@ -120,8 +120,10 @@ class Server {
     // The type is answered with ERROR{unsupported} again.
     void remove_handler(proto::MessageType type) { handlers_.erase(static_cast<uint16_t>(type)); }
     void set_child_exit_handler(ChildExitHandler handler) { child_exit_ = std::move(handler); }
-    void set_connection_closed_handler(ConnectionHook hook) { connection_closed_ = std::move(hook); }
-    void set_output_drained_handler(ConnectionHook hook) { output_drained_ = std::move(hook); }
+    // Each service (exec, files) installs its own pair of hooks under an owner key and removes them by it;
+    // every installed hook runs, in installation order.
+    void add_connection_hooks(const void* owner, ConnectionHook closed, ConnectionHook drained);
+    void remove_connection_hooks(const void* owner);
     // Where STATS takes exec_sessions from (the exec service's session count); 0 without a counter.
     void set_session_counter(std::function<size_t()> counter) { session_counter_ = std::move(counter); }
 
@@ -180,8 +182,13 @@ class Server {
     std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
     std::unordered_map<uint16_t, Handler> handlers_;
     ChildExitHandler child_exit_;
-    ConnectionHook connection_closed_;
-    ConnectionHook output_drained_;
+    struct ConnectionHooks {
+        const void* owner = nullptr;
+        ConnectionHook closed;
+        ConnectionHook drained;
+    };
+    void run_drained_hooks(Connection& conn);
+    std::vector<ConnectionHooks> hooks_;
     std::function<size_t()> session_counter_;
     std::unordered_map<uint64_t, FdWatch> watches_;
     std::vector<uint64_t> to_flush_;  // connections that queued output during the current batch

@@ -54,6 +54,20 @@ std::string message_type_name(uint16_t type) {
             return "RESIZE";
         case MessageType::Exit:
             return "EXIT";
+        case MessageType::FsRequest:
+            return "FS_REQUEST";
+        case MessageType::FsEntry:
+            return "FS_ENTRY";
+        case MessageType::FsData:
+            return "FS_DATA";
+        case MessageType::FsWindow:
+            return "FS_WINDOW";
+        case MessageType::FsCommit:
+            return "FS_COMMIT";
+        case MessageType::FsCancel:
+            return "FS_CANCEL";
+        case MessageType::FsDone:
+            return "FS_DONE";
     }
     char buf[8];
     std::snprintf(buf, sizeof buf, "0x%04x", type);
@@ -74,6 +88,8 @@ std::string feature_name(uint64_t bit) {
             return "exec timeout";
         case kFeatureStats:
             return "stats";
+        case kFeatureFs:
+            return "filesystem";
     }
     char buf[32];
     std::snprintf(buf, sizeof buf, "feature 0x%llx", static_cast<unsigned long long>(bit));

@@ -12,10 +12,11 @@
 // Type numbering leaves room per feature:
 //   0x0001-0x00ff  control (this file)
 //   0x0100-0x01ff  exec / PTY sessions (proto/exec.h)
-//   0x0200-0x02ff  file transfer (reserved)
+//   0x0200-0x02ff  guest filesystem operations (proto/fs.h)
 //
 // Stream 0 is the control stream. Other stream ids are picked by the host when it opens a session
-// (EXEC_START) and stay bound to it until the session's terminal frame (EXIT, or ERROR on that stream).
+// (EXEC_START, FS_REQUEST) and stay bound to it until the session's terminal frame (EXIT or FS_DONE, or ERROR
+// on that stream).
 #pragma once
 
 #include <cstdint>
@@ -51,6 +52,14 @@ enum class MessageType : uint16_t {
     Signal = 0x0109,
     Resize = 0x010a,
     Exit = 0x010b,
+
+    FsRequest = 0x0201,  // 1.3, proto/fs.h
+    FsEntry = 0x0202,
+    FsData = 0x0203,
+    FsWindow = 0x0204,
+    FsCommit = 0x0205,
+    FsCancel = 0x0206,
+    FsDone = 0x0207,
 };
 
 // "HELLO", "PING", ... or "0x1234" for a type this build does not know. For logs.
@@ -64,6 +73,7 @@ inline constexpr uint64_t kFeatureExecUser = 1u << 2;     // ExecStart::user
 inline constexpr uint64_t kFeatureExecRlimits = 1u << 3;  // ExecStart::rlimits
 inline constexpr uint64_t kFeatureExecTimeout = 1u << 4;  // ExecStart::timeout_ms
 inline constexpr uint64_t kFeatureStats = 1u << 5;        // STATS_REQUEST / STATS (1.2)
+inline constexpr uint64_t kFeatureFs = 1u << 6;           // FS_* streams (1.3, proto/fs.h)
 
 // "exec", "pty", ... for one bit; for error messages.
 std::string feature_name(uint64_t bit);

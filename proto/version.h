@@ -15,8 +15,8 @@
 namespace sandlot::proto {
 
 inline constexpr uint16_t kProtocolMajor = 1;
-// 1.1: exec sessions, HELLO limits, ERROR kind. 1.2: STATS_REQUEST / STATS.
-inline constexpr uint16_t kProtocolMinor = 2;
+// 1.1: exec sessions, HELLO limits, ERROR kind. 1.2: STATS_REQUEST / STATS. 1.3: filesystem streams.
+inline constexpr uint16_t kProtocolMinor = 3;
 
 // The sandlot release the agent was built from, e.g. "0.1.0".
 inline constexpr std::string_view kAgentVersion = SANDLOT_VERSION;

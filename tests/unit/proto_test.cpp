@@ -243,9 +243,9 @@ TEST(ProtoMessages, StatsTruncatedAtEveryOffsetFails) {
     }
 }
 
-TEST(ProtoVersion, IsOneTwoAndCarriesTheProjectVersion) {
+TEST(ProtoVersion, IsOneThreeAndCarriesTheProjectVersion) {
     EXPECT_EQ(kProtocolMajor, 1);
-    EXPECT_EQ(kProtocolMinor, 2);
+    EXPECT_EQ(kProtocolMinor, 3);
     EXPECT_FALSE(kAgentVersion.empty());
     EXPECT_NE(kAgentVersion.find('.'), std::string_view::npos);
 }
