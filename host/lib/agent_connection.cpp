@@ -3,8 +3,10 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -15,6 +17,7 @@
 
 #include "proto/exec.h"
 #include "proto/frame.h"
+#include "proto/fs.h"
 
 namespace sandlot::host {
 
@@ -27,6 +30,8 @@ constexpr size_t kControlQueueLimit = 16;
 constexpr uint32_t kStdinChunk = 128 * 1024;
 // Output credit is returned in batches of at least this much.
 constexpr uint32_t kWindowGrantBatch = kOutputWindow / 4;
+// Small channel frames are batched up to this many bytes per write.
+constexpr size_t kChannelBatch = 256 * 1024;
 // Stdin credit beyond this is not believed (it only has to stay far from overflowing).
 constexpr uint64_t kMaxStdinCredit = uint64_t{1} << 40;
 
@@ -87,6 +92,22 @@ struct ExecStreamState {
     bool detached = false;       // the handle is gone: output is discarded and credited at once
 };
 
+// One channel as the reader thread and its handle see it. Guarded by Core::mu.
+struct ChannelState {
+    ChannelState(uint32_t id, const ChannelOptions& options)
+        : id(id), options(options), credit(options.credit) {}
+
+    const uint32_t id;
+    const ChannelOptions options;
+    std::condition_variable cv;
+    std::deque<proto::Frame> frames;
+    uint64_t credit;  // counted payload bytes the agent may still send
+    bool ended = false;
+    bool end_returned = false;
+    bool detached = false;  // the handle is gone: frames are dropped until the end
+    std::optional<Error> error;
+};
+
 struct AgentConnection::Core {
     UniqueFd fd;
     proto::Hello hello;
@@ -101,6 +122,7 @@ struct AgentConnection::Core {
     std::deque<proto::Frame> control_replies;
     bool control_waiting = false;
     std::unordered_map<uint32_t, std::shared_ptr<ExecStreamState>> streams;
+    std::unordered_map<uint32_t, std::shared_ptr<ChannelState>> channels;
     uint32_t next_stream_id = 1;
     std::optional<Error> broken;
     uint64_t ignored = 0;
@@ -116,12 +138,70 @@ struct AgentConnection::Core {
         return {};
     }
 
+    // A frame whose payload is written straight from `payload` (bulk data: no copy into a Frame).
+    Result<void> send_payload(proto::MessageType type, uint32_t stream, std::span<const uint8_t> payload) {
+        if (payload.size() > proto::kMaxFramePayload) return make_error("frame payload too large", EMSGSIZE);
+        std::array<uint8_t, proto::kFrameHeaderSize> header;
+        proto::encode_header({static_cast<uint32_t>(payload.size()), stream, type_of(type), 0}, header);
+        std::lock_guard lock(write_mu);
+        if (!fd) return make_error("connection to agent closed", EPIPE);
+        iovec iov[2] = {{header.data(), header.size()},
+                        {const_cast<uint8_t*>(payload.data()), payload.size()}};
+        size_t total = header.size() + payload.size();
+        size_t done = 0;
+        while (done < total) {
+            msghdr msg{};
+            size_t skip = done;
+            iovec parts[2];
+            int count = 0;
+            for (const iovec& part : iov) {
+                if (skip >= part.iov_len) {
+                    skip -= part.iov_len;
+                    continue;
+                }
+                parts[count++] = {static_cast<uint8_t*>(part.iov_base) + skip, part.iov_len - skip};
+                skip = 0;
+            }
+            msg.msg_iov = parts;
+            msg.msg_iovlen = static_cast<size_t>(count);
+            ssize_t n = sendmsg(fd.get(), &msg, MSG_NOSIGNAL);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) return errno_error("sending to agent");
+            done += static_cast<size_t>(n);
+        }
+        return {};
+    }
+
+    // Bytes that already hold whole frames.
+    Result<void> send_raw(std::span<const uint8_t> bytes) {
+        std::lock_guard lock(write_mu);
+        if (!fd) return make_error("connection to agent closed", EPIPE);
+        auto written = proto::write_all(fd.get(), bytes);
+        if (!written) return std::unexpected(with_context(written.error(), "sending to agent"));
+        return {};
+    }
+
+    // A free stream id. Ids only grow (wrapping after 2^32 - 1, skipping 0 and open ids), so a stale
+    // handle's frame cannot reach a newer stream. Caller holds mu.
+    uint32_t allocate_stream_id() {
+        uint32_t id = 0;
+        do {
+            id = next_stream_id++;
+            if (next_stream_id == 0) next_stream_id = 1;
+        } while (id == proto::kControlStream || streams.contains(id) || channels.contains(id));
+        return id;
+    }
+
+    size_t open_count() const { return streams.size() + channels.size(); }
     // Marks the connection broken and wakes every waiter. Caller holds mu.
     void fail_all(Error error) {
         if (!broken) broken = std::move(error);
         for (auto& [id, stream] : streams)
             stream->cv.notify_all();
         streams.clear();
+        for (auto& [id, channel] : channels)
+            channel->cv.notify_all();
+        channels.clear();
         control_cv.notify_all();
         slots_cv.notify_all();
     }
@@ -164,6 +244,8 @@ struct AgentConnection::Core {
             control_cv.notify_all();
             return std::nullopt;
         }
+        if (auto channel = channels.find(frame.stream_id); channel != channels.end())
+            return on_channel_frame(channel->second, std::move(frame));
         auto it = streams.find(frame.stream_id);
         if (it == streams.end()) {
             ++ignored;
@@ -221,6 +303,30 @@ struct AgentConnection::Core {
                 break;
         }
         ++ignored;
+        return std::nullopt;
+    }
+
+    // Caller holds mu. Returns a CANCEL to send when the agent broke the channel's credit.
+    std::optional<proto::Frame> on_channel_frame(std::shared_ptr<ChannelState> keep, proto::Frame frame) {
+        ChannelState& c = *keep;
+        bool terminal =
+            frame.type == type_of(proto::MessageType::Error) || frame.type == type_of(c.options.terminal);
+        if (terminal) {
+            c.ended = true;
+            channels.erase(c.id);
+            slots_cv.notify_all();
+        } else if (frame.type != type_of(c.options.window)) {
+            if (frame.payload.size() > c.credit && !c.detached) {
+                c.error = Error{EPROTO, "agent sent more than the stream's window allowed"};
+                c.detached = true;
+                c.frames.clear();
+                c.cv.notify_all();
+                return proto::make_frame(c.options.cancel, c.id, {});
+            }
+            c.credit -= std::min<uint64_t>(frame.payload.size(), c.credit);
+        }
+        if (!c.detached) c.frames.push_back(std::move(frame));
+        c.cv.notify_all();
         return std::nullopt;
     }
 
@@ -479,7 +585,110 @@ class AgentExecStream final : public ExecStream {
     std::mutex stdin_mu_;
 };
 
+class AgentChannelHandle final : public AgentChannel {
+  public:
+    AgentChannelHandle(std::shared_ptr<AgentConnection::Core> core, std::shared_ptr<ChannelState> state)
+        : core_(std::move(core)), state_(std::move(state)) {}
+
+    ~AgentChannelHandle() override {
+        {
+            std::lock_guard lock(core_->mu);
+            if (state_->ended || core_->broken) return;
+            state_->detached = true;
+            state_->frames.clear();
+        }
+        (void)core_->send(proto::make_frame(state_->options.cancel, state_->id, {}));
+    }
+
+    uint32_t id() const override { return state_->id; }
+
+    Result<void> send(proto::MessageType type, std::span<const uint8_t> payload) override {
+        TRY(flush());
+        return core_->send_payload(type, state_->id, payload);
+    }
+
+    Result<void> queue(proto::MessageType type, std::span<const uint8_t> payload) override {
+        if (payload.size() > proto::kMaxFramePayload) return make_error("frame payload too large", EMSGSIZE);
+        std::array<uint8_t, proto::kFrameHeaderSize> header;
+        proto::encode_header({static_cast<uint32_t>(payload.size()), state_->id, type_of(type), 0}, header);
+        queued_.insert(queued_.end(), header.begin(), header.end());
+        queued_.insert(queued_.end(), payload.begin(), payload.end());
+        if (queued_.size() >= kChannelBatch) return flush();
+        return {};
+    }
+
+    Result<void> flush() override {
+        if (queued_.empty()) return {};
+        auto sent = core_->send_raw(queued_);
+        queued_.clear();
+        return sent;
+    }
+
+    Result<proto::Frame> recv() override {
+        std::unique_lock lock(core_->mu);
+        ChannelState& c = *state_;
+        c.cv.wait(lock, [&] { return !c.frames.empty() || c.error || c.end_returned || core_->broken; });
+        return take(c);
+    }
+
+    Result<std::optional<proto::Frame>> try_recv() override {
+        std::lock_guard lock(core_->mu);
+        ChannelState& c = *state_;
+        if (c.frames.empty() && !c.error && !c.end_returned && !core_->broken) return std::nullopt;
+        return take(c);
+    }
+
+    Result<void> grant(uint32_t bytes) override {
+        {
+            std::lock_guard lock(core_->mu);
+            if (state_->ended) return {};
+            state_->credit += bytes;
+        }
+        proto::FsWindow window{bytes};
+        return core_->send(proto::make_frame(state_->options.window, state_->id, proto::encode(window)));
+    }
+
+  private:
+    // Caller holds mu and has waited for something to report.
+    Result<proto::Frame> take(ChannelState& c) {
+        if (c.error) return std::unexpected(*c.error);
+        if (!c.frames.empty()) {
+            proto::Frame frame = std::move(c.frames.front());
+            c.frames.pop_front();
+            if (c.frames.empty() && c.ended) c.end_returned = true;
+            return frame;
+        }
+        if (c.end_returned) return make_error("the stream has ended", EPIPE);
+        return std::unexpected(*core_->broken);
+    }
+
+    std::shared_ptr<AgentConnection::Core> core_;
+    std::shared_ptr<ChannelState> state_;
+    std::vector<uint8_t> queued_;  // whole frames not yet written
+};
+
 }  // namespace
+
+Result<std::unique_ptr<AgentChannel>> AgentConnection::open_channel(proto::MessageType type,
+                                                                    std::span<const uint8_t> payload,
+                                                                    const ChannelOptions& options) {
+    std::shared_ptr<ChannelState> state;
+    {
+        std::unique_lock lock(core_->mu);
+        core_->slots_cv.wait(lock, [&] { return core_->broken || core_->open_count() < core_->max_streams; });
+        if (core_->broken) return std::unexpected(*core_->broken);
+        state = std::make_shared<ChannelState>(core_->allocate_stream_id(), options);
+        core_->channels.emplace(state->id, state);
+    }
+    auto sent = core_->send_payload(type, state->id, payload);
+    if (!sent) {
+        std::lock_guard lock(core_->mu);
+        core_->channels.erase(state->id);
+        core_->slots_cv.notify_all();
+        return std::unexpected(sent.error());
+    }
+    return std::make_unique<AgentChannelHandle>(core_, std::move(state));
+}
 
 Result<std::unique_ptr<AgentConnection>> AgentConnection::open(UniqueFd stream) {
     auto frame = TRY(proto::read_frame(stream.get()));
@@ -525,7 +734,7 @@ uint64_t AgentConnection::ignored_frames() const {
 
 size_t AgentConnection::open_streams() const {
     std::lock_guard lock(core_->mu);
-    return core_->streams.size();
+    return core_->open_count();
 }
 
 Result<std::chrono::nanoseconds> AgentConnection::ping(std::chrono::milliseconds timeout) {
@@ -597,15 +806,9 @@ Result<std::unique_ptr<ExecStream>> AgentConnection::exec_stream(const ExecReque
     uint32_t id = 0;
     {
         std::unique_lock lock(core_->mu);
-        core_->slots_cv.wait(lock,
-                             [&] { return core_->broken || core_->streams.size() < core_->max_streams; });
+        core_->slots_cv.wait(lock, [&] { return core_->broken || core_->open_count() < core_->max_streams; });
         if (core_->broken) return std::unexpected(*core_->broken);
-        // Ids only grow (wrapping after 2^32 - 1, skipping 0 and open ids), so a stale handle's frame cannot
-        // reach a newer session.
-        do {
-            id = core_->next_stream_id++;
-            if (core_->next_stream_id == 0) core_->next_stream_id = 1;
-        } while (id == proto::kControlStream || core_->streams.contains(id));
+        id = core_->allocate_stream_id();
         state = std::make_shared<ExecStreamState>(id, request.pty, request.stdin_open);
         core_->streams.emplace(id, state);
     }

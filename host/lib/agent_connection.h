@@ -15,6 +15,8 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 
 #include "host/lib/exec.h"
@@ -24,6 +26,35 @@
 #include "proto/version.h"
 
 namespace sandlot::host {
+
+// A raw stream for protocols layered on the connection (the file streams of host/lib/guest_fs.h): frames
+// both ways on one stream id, with the agent's sending bounded by credit the holder grants.
+struct ChannelOptions {
+    proto::MessageType terminal =
+        proto::MessageType::Error;                          // the agent's success end (ERROR always ends it)
+    proto::MessageType window = proto::MessageType::Error;  // credit frames; the agent's are not counted
+    proto::MessageType cancel = proto::MessageType::Error;  // sent for a handle dropped before the end
+    uint32_t credit = 0;  // payload bytes the agent may send before the first grant
+};
+
+class AgentChannel {
+  public:
+    virtual ~AgentChannel() = default;  // cancels a channel not yet ended; later frames are dropped
+    virtual uint32_t id() const = 0;
+    // Sends a frame now (after anything queued).
+    virtual Result<void> send(proto::MessageType type, std::span<const uint8_t> payload) = 0;
+    // Queues a small frame to go out with the next send() or flush(), so runs of small frames (a tree's
+    // entries and small files) leave in few writes. Flushes by itself once enough is queued.
+    virtual Result<void> queue(proto::MessageType type, std::span<const uint8_t> payload) = 0;
+    virtual Result<void> flush() = 0;
+    // The next frame from the agent, blocking. The terminal frame and ERROR are returned like any other and
+    // end the channel; a recv() after that fails. A frame over the granted credit fails the channel (EPROTO).
+    virtual Result<proto::Frame> recv() = 0;
+    // Like recv(), but nullopt at once when nothing is queued.
+    virtual Result<std::optional<proto::Frame>> try_recv() = 0;
+    // Sends a credit frame for `bytes` and lets the agent send that much more.
+    virtual Result<void> grant(uint32_t bytes) = 0;
+};
 
 class AgentConnection {
   public:
@@ -56,6 +87,11 @@ class AgentConnection {
     Result<ExecOutput> exec(const ExecRequest& request, const ExecOptions& options = {});
     // `/bin/sh -c script`, with the rest of the request taken from `base`.
     Result<ExecOutput> shell(std::string script, ExecRequest base = {}, const ExecOptions& options = {});
+
+    // Opens a channel with its first frame (FS_REQUEST). Blocks while Hello::max_streams streams are open.
+    Result<std::unique_ptr<AgentChannel>> open_channel(proto::MessageType type,
+                                                       std::span<const uint8_t> payload,
+                                                       const ChannelOptions& options);
 
     // Frames from the agent that were dropped: for a stream not open, undecodable, or of an unexpected type.
     uint64_t ignored_frames() const;

@@ -387,7 +387,7 @@ Result<void> SandboxHome::remove(const std::string& name, bool force) {
     return {};
 }
 
-Result<std::unique_ptr<ExecStream>> SandboxHome::exec(const std::string& name, const ExecRequest& request) {
+Result<SandboxHome::AgentSession> SandboxHome::connect(const std::string& name) {
     auto record = TRY(get(name));
     auto not_running = [&](const SandboxRecord& r) -> std::optional<Error> {
         if (r.status == SandboxStatus::Draining)
@@ -406,10 +406,16 @@ Result<std::unique_ptr<ExecStream>> SandboxHome::exec(const std::string& name, c
     // Re-check with the lock held: a drain that began meanwhile waits for us, or we see it here.
     record = TRY(find(name));
     if (auto error = not_running(record)) return std::unexpected(*error);
-
     auto agent = TRY(AgentConnection::open(TRY(vsock_uds_connect(sandbox_paths.vsock(), kAgentPort))));
+    return AgentSession{std::move(agent), std::move(*activity)};
+}
+
+Result<std::unique_ptr<ExecStream>> SandboxHome::exec(const std::string& name, const ExecRequest& request) {
+    auto session_agent = TRY(connect(name));
+    auto& agent = session_agent.agent;
     TRY(agent->check_supported(request));
     auto stream = TRY(agent->exec_stream(request));
+    auto sandbox_paths = paths(TRY(find(name)));
     std::shared_ptr<LogWriter> log;
     if (auto opened = LogWriter::open(sandbox_paths.logs()))
         log = std::shared_ptr<LogWriter>(std::move(*opened));
@@ -422,7 +428,7 @@ Result<std::unique_ptr<ExecStream>> SandboxHome::exec(const std::string& name, c
                           std::span(reinterpret_cast<const uint8_t*>(argv.data()), argv.size()));
     }
     return make_logged_exec(std::move(stream), std::move(agent), std::move(log), std::move(session),
-                            std::move(*activity));
+                            std::move(session_agent.activity));
 }
 
 Result<std::vector<LogRecord>> SandboxHome::logs(const std::string& name, const LogQuery& query) {

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "host/lib/agent_connection.h"
 #include "host/lib/exec.h"
 #include "host/lib/metrics.h"
 #include "host/lib/sandbox_config.h"
@@ -104,6 +105,14 @@ class SandboxHome {
     Result<StopResult> kill(const std::string& name);
     // Removes record, directory and logs. A running sandbox is refused unless force (then killed first).
     Result<void> remove(const std::string& name, bool force);
+
+    // A connection to a running sandbox's agent, for file operations (GuestFs(*session.agent)). Holding it
+    // counts as activity (idle timeouts wait, a drain waits for it to be dropped).
+    struct AgentSession {
+        std::unique_ptr<AgentConnection> agent;
+        UniqueFd activity;
+    };
+    Result<AgentSession> connect(const std::string& name);
 
     // Starts a command in a running sandbox. Its output is captured into the sandbox's log as it is
     // received, and it counts as activity until the handle goes away.

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "host/lib/agent_connection.h"
+#include "host/lib/guest_fs.h"
 #include "host/lib/process.h"
 #include "host/lib/storage.h"
 #include "proto/base/error.h"
@@ -52,6 +53,8 @@ class Sandbox {
     ~Sandbox();
 
     AgentConnection& agent() { return *agent_; }
+    // Files in the guest, as `user` ("" = the sandbox's default user).
+    GuestFs fs(std::string user = {}) { return GuestFs(*agent_, std::move(user)); }
     const proto::Hello& hello() const { return agent_->hello(); }
     // Host-measured time from spawning the VMM to receiving the agent's HELLO.
     std::chrono::nanoseconds boot_to_agent() const { return boot_to_agent_; }

@@ -1,11 +1,15 @@
 #include "host/lib/state_db.h"
 
+#include "proto/base/unique_fd.h"
+
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sqlite3.h>
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <random>
 
@@ -89,11 +93,10 @@ std::optional<SandboxStatus> parse_status(std::string_view text) {
 Result<ProcessIdentity> identify_process(int pid) {
     if (pid <= 0) return make_error("no process " + std::to_string(pid), ESRCH);
     std::string path = "/proc/" + std::to_string(pid) + "/stat";
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno_error("open " + path);
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return errno_error("open " + path);
     char buffer[1024];
-    ssize_t n = read(fd, buffer, sizeof buffer - 1);
-    ::close(fd);
+    ssize_t n = read(fd.get(), buffer, sizeof buffer - 1);
     if (n <= 0) return make_error("read " + path, ESRCH);
     std::string_view text(buffer, static_cast<size_t>(n));
     // The command name (field 2) may hold spaces and parentheses: fields are counted after the last ')'.
@@ -105,10 +108,16 @@ Result<ProcessIdentity> identify_process(int pid) {
             ++at;
         size_t end = text.find(' ', at);
         if (end == std::string_view::npos) end = text.size();
-        if (++field == 22) {
+        std::string_view value = text.substr(at, end - at);
+        ++field;
+        // A zombie has exited: only its exit status waits to be collected.
+        if (field == 3 && (value == "Z" || value == "X"))
+            return make_error("process " + std::to_string(pid) + " has exited", ESRCH);
+        if (field == 22) {
             ProcessIdentity identity;
             identity.pid = pid;
-            identity.start_time = std::stoull(std::string(text.substr(at, end - at)));
+            auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), identity.start_time);
+            if (ec != std::errc() || ptr != value.data() + value.size()) return make_error("parse " + path);
             return identity;
         }
         at = end;

@@ -33,6 +33,7 @@
 #include "proto/frame.h"
 #include "proto/messages.h"
 #include "proto/version.h"
+#include "tests/support/agentd_process.h"
 
 extern char** environ;
 
@@ -42,72 +43,8 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-const std::string kAgentdPath = std::string(SANDLOT_BIN_DIR) + "/agentd";
-
-// Every socket a test reads from gives up after this long, so a broken peer fails the test instead of hanging
-// it (for AgentConnection: its reader then reports the connection broken, waking every waiter).
-void set_socket_timeout(int fd, int seconds = 20) {
-    timeval tv{seconds, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
-
-// `agentd --listen-unix <tmp>/a.sock`, killed when the test ends.
-class Agentd {
-  public:
-    Agentd() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "sandlot-hostexec-XXXXXX").string();
-        dir_ = mkdtemp(tmpl.data());
-        socket_path_ = dir_ + "/a.sock";
-        std::vector<std::string> args = {kAgentdPath, "--listen-unix", socket_path_};
-        std::vector<char*> argv;
-        for (auto& a : args)
-            argv.push_back(a.data());
-        argv.push_back(nullptr);
-        int rc = posix_spawn(&pid_, kAgentdPath.c_str(), nullptr, nullptr, argv.data(), environ);
-        EXPECT_EQ(rc, 0) << "spawn " << kAgentdPath << ": " << std::strerror(rc);
-        if (rc != 0) pid_ = -1;
-    }
-    ~Agentd() {
-        kill_now();
-        std::error_code ec;
-        std::filesystem::remove_all(dir_, ec);
-    }
-
-    const std::string& dir() const { return dir_; }
-
-    void kill_now() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGKILL);
-            waitpid(pid_, nullptr, 0);
-            pid_ = -1;
-        }
-    }
-
-    // A new connection, retrying while agentd starts.
-    std::unique_ptr<AgentConnection> connect() {
-        auto addr = unix_address(socket_path_);
-        if (!addr) return nullptr;
-        auto deadline = Clock::now() + 10s;
-        while (Clock::now() < deadline) {
-            UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-            if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr) == 0) {
-                set_socket_timeout(fd.get());
-                auto conn = AgentConnection::open(std::move(fd));
-                EXPECT_TRUE(conn) << conn.error().to_string();
-                return conn ? std::move(*conn) : nullptr;
-            }
-            std::this_thread::sleep_for(5ms);
-        }
-        ADD_FAILURE() << "agentd never accepted on " << socket_path_;
-        return nullptr;
-    }
-
-  private:
-    std::string dir_;
-    std::string socket_path_;
-    pid_t pid_ = -1;
-};
+using test::Agentd;
+using test::set_socket_timeout;
 
 // One agentd and one connection to it.
 class HostExec : public ::testing::Test {
