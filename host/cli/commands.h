@@ -18,5 +18,7 @@ CommandRunner add_volume_command(CLI::App& app);
 std::vector<std::pair<std::string, CommandRunner>> add_sandbox_commands(CLI::App& app);
 // logs, metrics.
 std::vector<std::pair<std::string, CommandRunner>> add_observe_commands(CLI::App& app);
+// cp: files between the host and a running sandbox.
+CommandRunner add_cp_command(CLI::App& app);
 
 }  // namespace sandlot::cli

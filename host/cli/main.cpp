@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
         {"boot", sandlot::cli::add_boot_command(app)},
         {"run", sandlot::cli::add_run_command(app)},
         {"volume", sandlot::cli::add_volume_command(app)},
+        {"cp", sandlot::cli::add_cp_command(app)},
     };
     for (auto& [name, run] : sandlot::cli::add_sandbox_commands(app))
         commands.emplace(name, std::move(run));
