@@ -34,17 +34,6 @@ bool is_dot(const char* name) {
     return name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0));
 }
 
-timespec from_ns(int64_t ns) {
-    timespec ts{};
-    ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
-    ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
-    if (ts.tv_nsec < 0) {
-        ts.tv_nsec += 1'000'000'000;
-        ts.tv_sec -= 1;
-    }
-    return ts;
-}
-
 Result<DirPtr> open_dir_at(int dir_fd, const char* name, const std::string& path) {
     UniqueFd fd(openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (!fd) return fs_errno("open", path);
@@ -261,7 +250,7 @@ Result<void> commit_write(FsService::Stream& s) {
     const proto::FsRequest& req = s.request;
     if (!(req.flags & proto::kFsNoSync) && fsync(s.out.get()) != 0) return fs_errno("write", s.target);
     if (req.flags & proto::kFsSetMtime) {
-        timespec times[2] = {{0, UTIME_OMIT}, from_ns(req.mtime_ns)};
+        timespec times[2] = {{0, UTIME_OMIT}, proto::fs_timespec(req.mtime_ns)};
         if (futimens(s.out.get(), times) != 0) return fs_errno("set times of", s.target);
     }
     if (close(s.out.release()) != 0) return fs_errno("write", s.target);
@@ -282,7 +271,8 @@ Result<void> finish_tree_file(FsService::Stream& s) {
     bool owner = s.request.flags & proto::kFsPreserveOwner;
     if (owner && fchown(s.out.get(), e.uid, e.gid) != 0) return fs_errno("chown", s.target);
     if (fchmod(s.out.get(), e.mode & 07777) != 0) return fs_errno("chmod", s.target);
-    timespec times[2] = {from_ns(e.atime_ns != 0 ? e.atime_ns : e.mtime_ns), from_ns(e.mtime_ns)};
+    timespec times[2] = {proto::fs_timespec(e.atime_ns != 0 ? e.atime_ns : e.mtime_ns),
+                         proto::fs_timespec(e.mtime_ns)};
     if (futimens(s.out.get(), times) != 0) return fs_errno("set times of", s.target);
     if (close(s.out.release()) != 0) return fs_errno("write", s.target);
     if (!s.temp.empty()) {
@@ -349,7 +339,7 @@ Result<void> put_entry(FsService::Stream& s, proto::FsEntry entry) {
             }
             auto finish = [&]() -> Result<void> {
                 if (owner && lchown(made.c_str(), entry.uid, entry.gid) != 0) return fs_errno("chown", full);
-                timespec times[2] = {from_ns(entry.mtime_ns), from_ns(entry.mtime_ns)};
+                timespec times[2] = {proto::fs_timespec(entry.mtime_ns), proto::fs_timespec(entry.mtime_ns)};
                 utimensat(AT_FDCWD, made.c_str(), times, AT_SYMLINK_NOFOLLOW);
                 if (made != full && rename(made.c_str(), full.c_str()) != 0)
                     return fs_errno("rename to", full);
@@ -410,7 +400,8 @@ Result<void> commit_tree(FsService::Stream& s) {
         const proto::FsEntry& e = it->entry;
         if (owner && lchown(it->path.c_str(), e.uid, e.gid) != 0) return fs_errno("chown", it->path);
         if (chmod(it->path.c_str(), e.mode & 07777) != 0) return fs_errno("chmod", it->path);
-        timespec times[2] = {from_ns(e.atime_ns != 0 ? e.atime_ns : e.mtime_ns), from_ns(e.mtime_ns)};
+        timespec times[2] = {proto::fs_timespec(e.atime_ns != 0 ? e.atime_ns : e.mtime_ns),
+                             proto::fs_timespec(e.mtime_ns)};
         if (utimensat(AT_FDCWD, it->path.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0)
             return fs_errno("set times of", it->path);
     }

@@ -216,6 +216,17 @@ Result<FsDone> decode_fs_done(std::span<const uint8_t> payload) {
     return decoding("FS_DONE", decode());
 }
 
+timespec fs_timespec(int64_t ns) {
+    timespec ts{};
+    ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+    ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    if (ts.tv_nsec < 0) {
+        ts.tv_nsec += 1'000'000'000;
+        ts.tv_sec -= 1;
+    }
+    return ts;
+}
+
 FsType fs_type_of(uint32_t st_mode) {
     switch (st_mode & S_IFMT) {
         case S_IFREG:

@@ -143,6 +143,9 @@ struct FsEntry {
     bool operator==(const FsEntry&) const = default;
 };
 
+// FsEntry times (ns since the epoch, negative before it) as a timespec for utimensat/futimens.
+timespec fs_timespec(int64_t ns);
+
 // The entry for a stat result (link_target left empty).
 FsEntry fs_entry_from_stat(const struct ::stat& st, std::string path);
 FsType fs_type_of(uint32_t st_mode);

@@ -346,17 +346,6 @@ std::string join(const std::string& root, const std::string& rel) {
     return root.ends_with('/') ? root + rel : root + "/" + rel;
 }
 
-timespec from_ns(int64_t ns) {
-    timespec ts{};
-    ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
-    ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
-    if (ts.tv_nsec < 0) {
-        ts.tv_nsec += 1'000'000'000;
-        ts.tv_sec -= 1;
-    }
-    return ts;
-}
-
 std::unexpected<Error> host_errno(const std::string& op, const std::string& path) {
     return std::unexpected(Error{errno, op + " " + path});
 }
@@ -489,8 +478,8 @@ class HostTreeReceiver {
     Result<void> apply_metadata(int fd, const std::string& path, const FileInfo& info) {
         if (options_.preserve_owner && fchown(fd, info.uid, info.gid) != 0) return host_errno("chown", path);
         if (fchmod(fd, mode_of(info)) != 0) return host_errno("chmod", path);
-        timespec times[2] = {from_ns(info.atime_ns != 0 ? info.atime_ns : info.mtime_ns),
-                             from_ns(info.mtime_ns)};
+        timespec times[2] = {proto::fs_timespec(info.atime_ns != 0 ? info.atime_ns : info.mtime_ns),
+                             proto::fs_timespec(info.mtime_ns)};
         if (futimens(fd, times) != 0) return host_errno("set times of", path);
         return {};
     }
@@ -565,7 +554,7 @@ class HostTreeReceiver {
                 }
                 if (options_.preserve_owner)
                     fchownat(dir_fd, made.c_str(), info.uid, info.gid, AT_SYMLINK_NOFOLLOW);
-                timespec times[2] = {from_ns(info.mtime_ns), from_ns(info.mtime_ns)};
+                timespec times[2] = {proto::fs_timespec(info.mtime_ns), proto::fs_timespec(info.mtime_ns)};
                 utimensat(dir_fd, made.c_str(), times, AT_SYMLINK_NOFOLLOW);
                 if (made != name && renameat(dir_fd, made.c_str(), dir_fd, name.c_str()) != 0) {
                     int saved = errno;

@@ -24,6 +24,7 @@
 #include "proto/frame.h"
 #include "proto/fs.h"
 #include "tests/support/agentd_process.h"
+#include "tests/support/bytes.h"
 #include "tests/support/run_command.h"
 #include "tests/support/temp_dir.h"
 
@@ -47,23 +48,9 @@ void spit(const std::string& path, std::string_view data, mode_t mode = 0644) {
     ::chmod(path.c_str(), mode);
 }
 
-std::string random_bytes(size_t n, uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::string out(n, '\0');
-    for (size_t i = 0; i < n; i += 8) {
-        uint64_t v = rng();
-        std::memcpy(out.data() + i, &v, std::min<size_t>(8, n - i));
-    }
-    return out;
-}
-
 std::string sha256_of(const std::string& path) {
     auto out = testing::run_command({"sha256sum", path});
     return out.output.substr(0, 64);
-}
-
-std::span<const uint8_t> bytes(std::string_view s) {
-    return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
 class HostGuestFs : public ::testing::Test {
@@ -88,7 +75,7 @@ TEST_F(HostGuestFs, RoundTripsFilesOfEverySize) {
     GuestFs gfs(*agent_);
     for (size_t size : {size_t{0}, size_t{1}, size_t{3} * 1024 * 1024 + 1, size_t{9} * 1024 * 1024}) {
         SCOPED_TRACE(size);
-        std::string data = random_bytes(size, size);
+        std::string data = test::random_bytes(size, size);
         std::string file = path("f" + std::to_string(size));
         auto written = gfs.write(file, data, {.mode = 0640});
         ASSERT_TRUE(written) << written.error().to_string();
@@ -107,13 +94,13 @@ TEST_F(HostGuestFs, StreamsAGibibyteWithBoundedMemory) {
     GuestFs gfs(*agent_);
     const std::string file = path("big");
     const size_t chunk = 4 << 20, total = size_t{1} << 30;
-    std::string block = random_bytes(chunk, 7);
+    std::string block = test::random_bytes(chunk, 7);
     {
         auto writer = gfs.write_stream(file, {.sync = false});
         ASSERT_TRUE(writer) << writer.error().to_string();
         for (size_t done = 0; done < total; done += chunk) {
             block[0] = static_cast<char>(done / chunk);  // every block differs
-            ASSERT_TRUE((*writer)->write(bytes(block)));
+            ASSERT_TRUE((*writer)->write(test::as_bytes(block)));
         }
         auto committed = (*writer)->commit();
         ASSERT_TRUE(committed) << committed.error().to_string();
@@ -191,7 +178,7 @@ TEST_F(HostGuestFs, AnAbortedWriteLeavesTheOldFileAndNoTemporary) {
     {
         auto writer = gfs.write_stream(file);
         ASSERT_TRUE(writer);
-        ASSERT_TRUE((*writer)->write(bytes(std::string(3 << 20, 'n'))));
+        ASSERT_TRUE((*writer)->write(test::as_bytes(std::string(3 << 20, 'n'))));
         EXPECT_EQ(slurp(file), "old contents");  // nothing visible before commit
     }                                            // dropped without commit
     // The agent removes the temporary file when it sees the cancel; a round trip orders us after it.
@@ -205,7 +192,7 @@ TEST_F(HostGuestFs, AnAbortedWriteLeavesTheOldFileAndNoTemporary) {
         GuestFs ofs(*other);
         auto writer = ofs.write_stream(file);
         ASSERT_TRUE(writer);
-        ASSERT_TRUE((*writer)->write(bytes("partial")));
+        ASSERT_TRUE((*writer)->write(test::as_bytes("partial")));
         writer->release();  // leak the handle: only the connection's end tells the agent
         other.reset();
     }
@@ -442,7 +429,7 @@ TEST_F(HostGuestFs, ConcurrentTransfersAlongsideExecs) {
     std::vector<std::thread> threads;
     for (int t = 0; t < 6; ++t) {
         threads.emplace_back([&, t] {
-            std::string data = random_bytes((size_t{1} << 20) * (t + 1) + static_cast<size_t>(t), t);
+            std::string data = test::random_bytes((size_t{1} << 20) * (t + 1) + static_cast<size_t>(t), t);
             std::string file = path("c" + std::to_string(t));
             for (int round = 0; round < 3; ++round) {
                 if (!gfs.write(file, data) || *gfs.read(file) != data) ++failures;
