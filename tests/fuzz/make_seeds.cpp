@@ -11,6 +11,7 @@
 
 #include "proto/exec.h"
 #include "proto/frame.h"
+#include "proto/fs.h"
 #include "proto/messages.h"
 
 namespace sandlot::proto {
@@ -79,8 +80,28 @@ std::vector<Frame> sample_frames() {
     error.message = "command not found: nosuch";
     error.kind = static_cast<uint32_t>(SpawnErrorKind::NotFound);
 
+    FsRequest fs_request;
+    fs_request.op = static_cast<uint32_t>(FsOp::PutTree);
+    fs_request.flags = kFsParents | kFsPreserveOwner;
+    fs_request.path = "/work/src";
+    fs_request.user = "nobody";
+    fs_request.window = 1u << 20;
+    FsEntry fs_entry;
+    fs_entry.path = "dir/link";
+    fs_entry.type = FsType::Symlink;
+    fs_entry.mode = 0777;
+    fs_entry.mtime_ns = 1'700'000'000'000'000'000;
+    fs_entry.link_target = "../target";
+
     const uint32_t s = 7;  // an exec stream
+    const uint32_t f = 9;  // a file stream
     return {
+        make_frame(MessageType::FsRequest, f, encode_fs_request(fs_request).value()),
+        make_frame(MessageType::FsEntry, f, encode_fs_entry(fs_entry).value()),
+        make_frame(MessageType::FsData, f, raw("file bytes")),
+        make_frame(FsWindow{1u << 20}, f),
+        make_frame(MessageType::FsCommit, f, {}),
+        make_frame(MessageType::FsDone, f, encode_fs_done({3, "/real/path"}).value()),
         make_frame(hello),
         make_frame(Ping{42}),
         make_frame(Pong{42}),

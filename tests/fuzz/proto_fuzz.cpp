@@ -30,6 +30,7 @@
 #include "proto/codec.h"
 #include "proto/exec.h"
 #include "proto/frame.h"
+#include "proto/fs.h"
 #include "proto/messages.h"
 
 namespace sandlot::proto {
@@ -95,6 +96,21 @@ std::vector<uint8_t> encoded(const ExecStart& msg) {
     CHECK(bytes.has_value());
     return std::move(*bytes);
 }
+std::vector<uint8_t> encoded(const FsRequest& msg) {
+    auto bytes = encode_fs_request(msg);
+    CHECK(bytes.has_value());
+    return std::move(*bytes);
+}
+std::vector<uint8_t> encoded(const FsEntry& msg) {
+    auto bytes = encode_fs_entry(msg);
+    CHECK(bytes.has_value());
+    return std::move(*bytes);
+}
+std::vector<uint8_t> encoded(const FsDone& msg) {
+    auto bytes = encode_fs_done(msg);
+    CHECK(bytes.has_value());
+    return std::move(*bytes);
+}
 template <class T>
 std::vector<uint8_t> encoded(const T& msg) {
     return encode(msg);
@@ -130,6 +146,11 @@ void check_every_decoder(Bytes payload) {
     check_round_trip<Signal>(payload, decode_signal);
     check_round_trip<Resize>(payload, decode_resize);
     check_round_trip<Exit>(payload, decode_exit);
+    check_round_trip<FsRequest>(payload, decode_fs_request);
+    check_round_trip<FsEntry>(payload, decode_fs_entry);
+    check_round_trip<FsWindow>(payload, decode_fs_window);
+    check_round_trip<FsDone>(payload, decode_fs_done);
+    if (auto entry = decode_fs_entry(payload)) (void)fs_relative_path_ok(entry->path);
 
     // The names used in logs and error messages, for whatever numbers arrived.
     if (auto hello = decode_hello(payload)) {
