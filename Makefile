@@ -3,7 +3,7 @@ BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
 
-.PHONY: all setup build build-asan images demo test test-unit test-vm bench-boot bench-exec bench-storage bench-lifecycle fuzz asan \
+.PHONY: all setup build build-asan images demo test test-unit test-vm bench-boot bench-exec bench-fs bench-storage bench-lifecycle fuzz asan \
 	format clean
 
 all: build
@@ -46,6 +46,12 @@ bench-boot: build
 # then in a sandbox (directly on hardware KVM, in the nested rig on PVM hosts).
 bench-exec: build
 	@benchmarks/exec/run $(BUILD)
+
+# Copies into and out of a sandbox through the guest filesystem API (a 1 GiB file, a tree of 10,000 4 KiB
+# files) against host cp / cp -r and against piping the file through exec; first with agentd as a host process,
+# then in a sandbox (directly on hardware KVM, in the nested rig on PVM hosts).
+bench-fs: build
+	@benchmarks/fs/run $(BUILD)
 
 # File I/O through virtio-blk and virtio-fs in a sandbox against the host file system (and virtio-blk against
 # QEMU's), boot time with the base and debian images; host part first, then the VM part (directly on hardware
