@@ -140,13 +140,6 @@ FsService::~FsService() {
             stream->discard();
 }
 
-size_t FsService::stream_count() const {
-    size_t n = 0;
-    for (const auto& [id, state] : connections_)
-        n += state.streams.size();
-    return n;
-}
-
 namespace {
 
 void send_done(Connection& conn, uint32_t stream, uint64_t value, std::string text = {}) {

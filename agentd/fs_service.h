@@ -44,8 +44,6 @@ class FsService {
     FsService(const FsService&) = delete;
     FsService& operator=(const FsService&) = delete;
 
-    size_t stream_count() const;
-
     struct Stream;  // one open streaming operation (fs_service.cpp)
 
   private:

@@ -257,11 +257,7 @@ class AgentFileWriter final : public FileWriter {
         if (!sender_.finished()) sender_.abort();
     }
 
-    Result<void> write(std::span<const uint8_t> data) override {
-        TRY(sender_.send_data(data));
-        bytes_ += data.size();
-        return {};
-    }
+    Result<void> write(std::span<const uint8_t> data) override { return sender_.send_data(data); }
     Result<uint64_t> commit() override {
         auto done = TRY(sender_.commit());
         return done.value;
@@ -270,7 +266,6 @@ class AgentFileWriter final : public FileWriter {
 
   private:
     CreditedSender sender_;
-    uint64_t bytes_ = 0;
 };
 
 class AgentTreeReader final : public TreeReader {
