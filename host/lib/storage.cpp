@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <chrono>
 #include <filesystem>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -282,25 +284,21 @@ Result<uint64_t> parse_size(std::string_view text) {
     return value << shift;
 }
 
-Result<void> create_ext4_image(const std::string& path, uint64_t size) {
-    constexpr uint64_t kMinSize = 16ull << 20;
-    if (size < kMinSize) return make_error(fmt::format("upper size {} is below the minimum of 16 MiB", size));
+namespace {
+
+// Runs mkfs.ext4 with `options` on the image file `path` (already sized); a failure removes the file and says
+// what mkfs printed.
+Result<void> run_mkfs_ext4(const std::string& path, std::vector<std::string> options) {
     auto mkfs = find_program("mkfs.ext4");
     if (!mkfs) return make_error("mkfs.ext4 not found: install e2fsprogs");
-    {
-        UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-        if (!fd) return errno_error("create " + path);
-        if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) return errno_error("size " + path);
-    }
-    // Lazy init: the image stays sparse and mkfs takes milliseconds; the guest kernel finishes in the
-    // background.
     std::string log = path + ".mkfs.log";
-    auto child = TRY(ChildProcess::spawn({*mkfs, "-q", "-F", "-t", "ext4", "-L", "sandlot-upper", "-E",
-                                          "lazy_itable_init=1,lazy_journal_init=1", path},
-                                         log));
-    int status = TRY(child.wait(std::chrono::seconds(60)));
+    std::vector<std::string> argv = {*mkfs, "-q", "-F", "-t", "ext4"};
+    argv.insert(argv.end(), options.begin(), options.end());
+    argv.push_back(path);
+    auto child = ChildProcess::spawn(argv, log);
+    Result<int> status = child ? child->wait(std::chrono::minutes(10)) : std::unexpected(child.error());
     std::string output;
-    if (status != 0) {
+    if (!status || *status != 0) {
         std::error_code ec;
         if (auto size_of_log = fs::file_size(log, ec); !ec && size_of_log < 4096) {
             UniqueFd fd(open(log.c_str(), O_RDONLY | O_CLOEXEC));
@@ -309,13 +307,47 @@ Result<void> create_ext4_image(const std::string& path, uint64_t size) {
         }
     }
     unlink(log.c_str());
-    if (status != 0) {
+    if (!status) {
+        unlink(path.c_str());
+        return std::unexpected(with_context(status.error(), "mkfs.ext4 " + path));
+    }
+    if (*status != 0) {
         unlink(path.c_str());
         while (!output.empty() && output.back() == '\n')
             output.pop_back();
-        return make_error(fmt::format("mkfs.ext4 {} failed with status {}: {}", path, status, output));
+        return make_error(fmt::format("mkfs.ext4 {} failed with status {}: {}", path, *status, output));
     }
     return {};
+}
+
+Result<void> create_sized_file(const std::string& path, uint64_t size) {
+    UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!fd) return errno_error("create " + path);
+    if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+        int saved = errno;
+        unlink(path.c_str());
+        return make_error("size " + path, saved);
+    }
+    return {};
+}
+
+}  // namespace
+
+Result<void> create_ext4_image(const std::string& path, uint64_t size) {
+    constexpr uint64_t kMinSize = 16ull << 20;
+    if (size < kMinSize) return make_error(fmt::format("upper size {} is below the minimum of 16 MiB", size));
+    TRY(create_sized_file(path, size));
+    // Lazy init: the image stays sparse and mkfs takes milliseconds; the guest kernel finishes in the
+    // background.
+    return run_mkfs_ext4(path, {"-L", "sandlot-upper", "-E", "lazy_itable_init=1,lazy_journal_init=1"});
+}
+
+Result<void> create_ext4_image_from_directory(const std::string& path, const std::string& directory,
+                                              uint64_t size, uint64_t inodes, const std::string& label) {
+    TRY(create_sized_file(path, size));
+    // No journal and no reserved blocks: the image is only ever mounted read-only.
+    return run_mkfs_ext4(path, {"-L", label, "-O", "^has_journal", "-m", "0", "-b", "4096", "-N",
+                                std::to_string(inodes), "-d", directory});
 }
 
 Result<PreparedStorage> prepare_storage(const StorageOptions& options, const std::string& runtime_dir) {

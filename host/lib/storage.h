@@ -88,6 +88,10 @@ Result<PreparedStorage> prepare_storage(const StorageOptions& options, const std
 
 // Creates a sparse ext4 image of `size` bytes at `path` with mkfs.ext4 (e2fsprogs).
 Result<void> create_ext4_image(const std::string& path, uint64_t size);
+// Creates an ext4 image file of `size` bytes at `path` holding a copy of `directory` (owners, modes, xattrs,
+// hard links kept), with room for `inodes` inodes, for read-only use (no journal).
+Result<void> create_ext4_image_from_directory(const std::string& path, const std::string& directory,
+                                              uint64_t size, uint64_t inodes, const std::string& label);
 
 // Parses a size: a number of bytes with an optional k, m, g or t suffix (powers of 1024), e.g. "64m", "4G".
 Result<uint64_t> parse_size(std::string_view text);

@@ -1,0 +1,394 @@
+// The OCI image store against a real registry (Debian's docker-registry on loopback, filled by skopeo from
+// layouts umoci builds here): pulls by tag and digest, integrity, auth, a registry dying mid-pull, concurrent
+// pulls, docker-archive and OCI-layout imports, rmi and prune. Roots are checked with debugfs, no mount.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "host/lib/image_store.h"
+#include "host/lib/paths.h"
+#include "host/lib/registry_config.h"
+#include "host/lib/sandbox_config.h"
+#include "host/lib/state_db.h"
+#include "tests/support/local_registry.h"
+#include "tests/support/run_command.h"
+#include "tests/support/temp_dir.h"
+
+namespace sandlot::host {
+namespace {
+
+namespace fs = std::filesystem;
+using test::LocalRegistry;
+using test::TempDir;
+
+void write_text(const std::string& path, const std::string& text) {
+    fs::create_directories(fs::path(path).parent_path());
+    std::ofstream(path) << text;
+}
+
+// What debugfs says of a root (without its version banner): a file's contents, or its inode.
+std::string debugfs(const std::string& root, const std::string& request) {
+    auto program = find_program("debugfs");
+    if (!program) return "<no debugfs>";
+    std::string output = testing::run_command({*program, "-R", request, root}).output;
+    if (output.starts_with("debugfs ")) output.erase(0, output.find('\n') + 1);
+    return output;
+}
+std::string root_cat(const std::string& root, const std::string& path) {
+    return debugfs(root, "cat " + path);
+}
+std::string root_stat(const std::string& root, const std::string& path) {
+    return debugfs(root, "stat " + path);
+}
+
+size_t count_files(const std::string& dir) {
+    std::error_code ec;
+    size_t n = 0;
+    for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); ++it)
+        ++n;
+    return n;
+}
+
+// Three layers: files, a hard link and a symlink; a deletion (a whiteout); a changed file. Plus a config.
+Result<void> build_app_layout(const std::string& layout, const std::string& tag,
+                              const std::string& big = "") {
+    return test::build_oci_layout(
+        layout, tag,
+        {[&](const std::string& rootfs) {
+             write_text(rootfs + "/data/kept", "kept\n");
+             write_text(rootfs + "/data/gone", "gone\n");
+             write_text(rootfs + "/data/file", "linked\n");
+             link((rootfs + "/data/file").c_str(), (rootfs + "/data/hardlink").c_str());
+             symlink("kept", (rootfs + "/data/symlink").c_str());
+             if (!big.empty()) write_text(rootfs + "/data/big", big);
+         },
+         [](const std::string& rootfs) { unlink((rootfs + "/data/gone").c_str()); },
+         [&](const std::string& rootfs) { write_text(rootfs + "/data/kept", "kept, " + tag + "\n"); }},
+        {"--config.entrypoint=/bin/echo", "--config.cmd=hello", "--config.env=APP=1",
+         "--config.workingdir=/data", "--config.user=1000:1000"});
+}
+
+class ImageStoreTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        if (!find_program("umoci") || !find_program("skopeo") || !find_program("docker-registry"))
+            GTEST_SKIP() << "umoci, skopeo or docker-registry is not installed (tools/setup installs them)";
+        if (!find_program("mkfs.ext4") || !find_program("debugfs"))
+            GTEST_SKIP() << "e2fsprogs is not installed";
+    }
+
+    std::unique_ptr<LocalRegistry> start_registry(test::LocalRegistryOptions options = {}) {
+        auto registry = LocalRegistry::start(options);
+        EXPECT_TRUE(registry) << registry.error().to_string();
+        return registry ? std::move(*registry) : nullptr;
+    }
+
+    void push(LocalRegistry& registry, const std::string& repo_tag, const std::string& big = "") {
+        std::string layout = layouts_ / repo_tag.substr(0, repo_tag.find(':'));
+        auto built = build_app_layout(layout, "v", big);
+        ASSERT_TRUE(built) << built.error().to_string();
+        auto pushed = registry.push_layout(layout, "v", repo_tag);
+        ASSERT_TRUE(pushed) << pushed.error().to_string();
+    }
+
+    PullOptions insecure() {
+        PullOptions options;
+        options.insecure = true;
+        return options;
+    }
+
+    TempDir home_{"sandlot-images-home"};
+    TempDir layouts_{"sandlot-layouts"};
+};
+
+TEST_F(ImageStoreTest, PullsByTagAndDigestAndPreparesTheRoot) {
+    auto registry = start_registry();
+    ASSERT_TRUE(registry);
+    push(*registry, "team/app:v1");
+    ImageStore store(home_.path());
+    std::string reference = registry->host() + "/team/app:v1";
+    auto image = store.pull(reference, insecure());
+    ASSERT_TRUE(image) << image.error().to_string();
+    EXPECT_EQ(image->name, reference);
+    EXPECT_EQ(image->layers.size(), 3u);
+    EXPECT_EQ(image->config.entrypoint, std::vector<std::string>{"/bin/echo"});
+    EXPECT_EQ(image->config.cmd, std::vector<std::string>{"hello"});
+    EXPECT_NE(std::find(image->config.env.begin(), image->config.env.end(), "APP=1"),
+              image->config.env.end());
+    EXPECT_EQ(image->config.workdir, "/data");
+    EXPECT_EQ(image->config.user, "1000:1000");
+
+    // The root holds the layers applied in order: the whiteout removed a file, the last layer's change won.
+    EXPECT_EQ(root_cat(image->root_path, "/data/kept"), "kept, v\n");
+    EXPECT_EQ(root_cat(image->root_path, "/data/hardlink"), "linked\n");
+    EXPECT_NE(root_stat(image->root_path, "/data/hardlink").find("Links: 2"), std::string::npos)
+        << root_stat(image->root_path, "/data/hardlink");
+    EXPECT_NE(root_stat(image->root_path, "/data/symlink").find("Fast link dest: \"kept\""),
+              std::string::npos)
+        << root_stat(image->root_path, "/data/symlink");
+    EXPECT_NE(root_stat(image->root_path, "/data/gone").find("File not found"), std::string::npos);
+    struct stat st;
+    ASSERT_EQ(stat(image->root_path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0222, 0u) << "the prepared root is read-only";
+
+    // By digest: the same image under a second name, nothing downloaded again.
+    auto by_digest = store.pull(registry->host() + "/team/app@" + image->manifest_digest, insecure());
+    ASSERT_TRUE(by_digest) << by_digest.error().to_string();
+    EXPECT_EQ(by_digest->id, image->id);
+    EXPECT_EQ(by_digest->root_path, image->root_path);
+    auto all = store.list();
+    ASSERT_TRUE(all);
+    EXPECT_EQ(all->size(), 2u);
+
+    // The default policy finds it without the registry; never refuses what is missing.
+    registry->kill();
+    PullOptions missing = insecure();
+    auto again = store.pull(reference, missing);
+    ASSERT_TRUE(again) << again.error().to_string();
+    EXPECT_EQ(again->id, image->id);
+    PullOptions never = insecure();
+    never.policy = PullPolicy::Never;
+    auto absent = store.pull(registry->host() + "/team/other:v1", never);
+    ASSERT_FALSE(absent);
+    EXPECT_NE(absent.error().message.find("not in the store"), std::string::npos) << absent.error().message;
+
+    // Found by short id too.
+    auto by_id = store.find(image->id.substr(7, 12));
+    ASSERT_TRUE(by_id && *by_id);
+    EXPECT_EQ((*by_id)->id, image->id);
+}
+
+TEST_F(ImageStoreTest, TamperedBlobIsRejectedAndNothingEntersTheStore) {
+    auto registry = start_registry();
+    ASSERT_TRUE(registry);
+    push(*registry, "team/app:v1");
+    // Find the biggest layer (the first) through a clean pull elsewhere, then corrupt it in the registry.
+    TempDir other("sandlot-images-other");
+    auto clean = ImageStore(other.path()).pull(registry->host() + "/team/app:v1", insecure());
+    ASSERT_TRUE(clean) << clean.error().to_string();
+    std::string blob = registry->blob_path(clean->layers[0].digest);
+    {
+        std::fstream file(blob, std::ios::in | std::ios::out | std::ios::binary);
+        ASSERT_TRUE(file);
+        file.seekp(20);
+        file.write("XXXX", 4);
+    }
+    ImageStore store(home_.path());
+    auto image = store.pull(registry->host() + "/team/app:v1", insecure());
+    ASSERT_FALSE(image);
+    EXPECT_NE(image.error().to_string().find("verification"), std::string::npos) << image.error().to_string();
+    auto all = store.list();
+    ASSERT_TRUE(all);
+    EXPECT_TRUE(all->empty());
+    EXPECT_FALSE(fs::exists(store.dir() + "/blobs/sha256/" + clean->layers[0].digest.substr(7)));
+    EXPECT_EQ(count_files(store.dir() + "/roots"), 0u);
+    EXPECT_EQ(count_files(store.dir() + "/images"), 0u);
+}
+
+TEST_F(ImageStoreTest, RegistryKilledMidPullLeavesNoImageAndTheNextPullSucceeds) {
+    auto registry = start_registry();
+    ASSERT_TRUE(registry);
+    // 48 MiB that gzip cannot shrink: more than loopback's socket buffers hold (up to 32 MiB here), so the
+    // registry dies with most of the blob unsent.
+    std::string big(48 << 20, '\0');
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (auto& c : big) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        c = static_cast<char>(x);
+    }
+    push(*registry, "team/big:v1", big);
+    ImageStore store(home_.path());
+    PullOptions options = insecure();
+    std::atomic<bool> killed{false};
+    options.progress = [&](const PullProgress& p) {
+        if (p.state == PullProgress::State::Downloading && p.done > (1 << 20) && !killed.exchange(true))
+            registry->kill();
+    };
+    auto image = store.pull(registry->host() + "/team/big:v1", options);
+    ASSERT_TRUE(killed.load());
+    ASSERT_FALSE(image) << "the pull should fail with its registry gone";
+    EXPECT_FALSE(image.error().to_string().empty());
+    auto all = store.list();
+    ASSERT_TRUE(all);
+    EXPECT_TRUE(all->empty());
+    EXPECT_EQ(count_files(store.dir() + "/roots"), 0u);
+
+    ASSERT_TRUE(registry->restart());
+    auto retried = store.pull(registry->host() + "/team/big:v1", insecure());
+    ASSERT_TRUE(retried) << retried.error().to_string();
+    EXPECT_EQ(root_cat(retried->root_path, "/data/big").size(), big.size());
+}
+
+TEST_F(ImageStoreTest, ConcurrentPullsOfOneImageBothSucceed) {
+    auto registry = start_registry();
+    ASSERT_TRUE(registry);
+    push(*registry, "team/app:v1");
+    std::string reference = registry->host() + "/team/app:v1";
+    Result<StoredImage> first = make_error("unset"), second = make_error("unset");
+    std::thread a([&] { first = ImageStore(home_.path()).pull(reference, insecure()); });
+    std::thread b([&] { second = ImageStore(home_.path()).pull(reference, insecure()); });
+    a.join();
+    b.join();
+    ASSERT_TRUE(first) << first.error().to_string();
+    ASSERT_TRUE(second) << second.error().to_string();
+    EXPECT_EQ(first->id, second->id);
+    ImageStore store(home_.path());
+    // Three layers, the config and the manifest: each once.
+    EXPECT_EQ(count_files(store.dir() + "/blobs/sha256"), 5u);
+    EXPECT_EQ(count_files(store.dir() + "/roots"), 1u);
+    for (const auto& entry : fs::directory_iterator(store.dir() + "/tmp"))
+        ADD_FAILURE() << "left in tmp/: " << entry.path();
+}
+
+TEST_F(ImageStoreTest, AuthenticatedTlsRegistry) {
+    auto registry = start_registry({.tls = true, .username = "alice", .password = "s3cret"});
+    ASSERT_TRUE(registry);
+    push(*registry, "team/app:v1");
+    ImageStore store(home_.path());
+    std::string reference = registry->host() + "/team/app:v1";
+
+    PullOptions options;
+    options.ca_file = registry->ca_file();
+    auto anonymous = store.pull(reference, options);
+    ASSERT_FALSE(anonymous);
+    EXPECT_NE(anonymous.error().to_string().find("authentication"), std::string::npos)
+        << anonymous.error().to_string();
+
+    ASSERT_TRUE(save_registry_credentials(home_.path(), registry->host(), {"alice", "wrong"}));
+    auto wrong = store.pull(reference, options);
+    ASSERT_FALSE(wrong);
+    EXPECT_NE(wrong.error().to_string().find("authentication failed"), std::string::npos)
+        << wrong.error().to_string();
+
+    // Without a CA the certificate is not trusted.
+    ASSERT_TRUE(save_registry_credentials(home_.path(), registry->host(), {"alice", "s3cret"}));
+    auto untrusted = store.pull(reference, PullOptions{});
+    ASSERT_FALSE(untrusted);
+
+    // The CA where `registry login` users put it: home/registry/certs.d/HOST/ca.crt.
+    std::string ca_dir = home_.path() + "/registry/certs.d/" + registry->host();
+    fs::create_directories(ca_dir);
+    fs::copy_file(registry->ca_file(), ca_dir + "/ca.crt");
+    auto image = store.pull(reference, PullOptions{});
+    ASSERT_TRUE(image) << image.error().to_string();
+    EXPECT_EQ(root_cat(image->root_path, "/data/kept"), "kept, v\n");
+}
+
+TEST_F(ImageStoreTest, ImportsDockerArchivesAndOciLayouts) {
+    std::string layout = layouts_ / "app";
+    ASSERT_TRUE(build_app_layout(layout, "v"));
+    std::string archive = layouts_ / "app-docker.tar";
+    auto copied = testing::run_command({"skopeo", "copy", "--quiet", "oci:" + layout + ":v",
+                                        "docker-archive:" + archive + ":team/imported:v2"});
+    ASSERT_EQ(copied.status, 0) << copied.output;
+
+    ImageStore store(home_.path());
+    auto imported = store.import(archive, "");
+    ASSERT_TRUE(imported) << imported.error().to_string();
+    ASSERT_EQ(imported->size(), 1u);
+    const auto& image = imported->front();
+    EXPECT_EQ(image.name, "docker.io/team/imported:v2");
+    EXPECT_EQ(image.config.cmd, std::vector<std::string>{"hello"});
+    EXPECT_EQ(root_cat(image.root_path, "/data/kept"), "kept, v\n");
+    EXPECT_NE(root_stat(image.root_path, "/data/gone").find("File not found"), std::string::npos);
+
+    // An OCI layout names its image by tag only: --name gives the rest. Same content, same image.
+    auto unnamed = store.import(layout, "");
+    ASSERT_FALSE(unnamed);
+    EXPECT_NE(unnamed.error().message.find("--name"), std::string::npos) << unnamed.error().message;
+    auto named = store.import(layout, "local/app:v3");
+    ASSERT_TRUE(named) << named.error().to_string();
+    EXPECT_EQ(named->front().name, "docker.io/local/app:v3");
+    EXPECT_EQ(named->front().id, image.id);
+
+    // Garbage is refused with one line.
+    std::string junk = layouts_ / "junk.tar";
+    write_text(junk, std::string(4096, 'j'));
+    auto refused = store.import(junk, "x/y:z");
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().to_string().find('\n'), std::string::npos);
+}
+
+TEST_F(ImageStoreTest, RmiRefusesAnImageInUseAndPruneCollects) {
+    std::string layout = layouts_ / "app";
+    ASSERT_TRUE(build_app_layout(layout, "v"));
+    ImageStore store(home_.path());
+    auto imported = store.import(layout, "local/app:v1");
+    ASSERT_TRUE(imported) << imported.error().to_string();
+    const auto image = imported->front();
+
+    auto db = StateDb::open(home_.path() + "/sandlot.db");
+    ASSERT_TRUE(db);
+    SandboxConfig config;
+    config.storage.root.image = image.root_path;
+    auto sandbox = db->insert_sandbox("web", config_to_json(config), {});
+    ASSERT_TRUE(sandbox);
+    auto refused = store.remove("local/app:v1");
+    ASSERT_FALSE(refused);
+    EXPECT_NE(refused.error().message.find("in use by sandbox \"web\""), std::string::npos)
+        << refused.error().message;
+    // Prune leaves a named image alone.
+    auto pruned = store.prune();
+    ASSERT_TRUE(pruned);
+    EXPECT_TRUE(pruned->removed_images.empty());
+    EXPECT_TRUE(fs::exists(image.root_path));
+
+    ASSERT_TRUE(db->delete_sandbox(sandbox->id));
+    ASSERT_TRUE(store.remove("local/app:v1"));
+    EXPECT_FALSE(fs::exists(image.root_path));
+    EXPECT_EQ(count_files(store.dir() + "/blobs/sha256"), 0u);
+    auto gone = store.find("local/app:v1");
+    ASSERT_TRUE(gone);
+    EXPECT_FALSE(*gone);
+    auto missing = store.remove("local/app:v1");
+    ASSERT_FALSE(missing);
+    EXPECT_NE(missing.error().message.find("no image"), std::string::npos);
+}
+
+TEST_F(ImageStoreTest, PruneRemovesAnImageWhoseTagMovedOn) {
+    auto registry = start_registry();
+    ASSERT_TRUE(registry);
+    push(*registry, "team/app:v1");
+    ImageStore store(home_.path());
+    auto first = store.pull(registry->host() + "/team/app:v1", insecure());
+    ASSERT_TRUE(first) << first.error().to_string();
+    // The tag now names another image.
+    std::string layout = layouts_ / "second";
+    ASSERT_TRUE(build_app_layout(layout, "w"));
+    ASSERT_TRUE(registry->push_layout(layout, "w", "team/app:v1"));
+    PullOptions always = insecure();
+    always.policy = PullPolicy::Always;
+    auto second = store.pull(registry->host() + "/team/app:v1", always);
+    ASSERT_TRUE(second) << second.error().to_string();
+    ASSERT_NE(second->id, first->id);
+    EXPECT_TRUE(fs::exists(first->root_path));
+    auto pruned = store.prune();
+    ASSERT_TRUE(pruned) << pruned.error().to_string();
+    EXPECT_EQ(pruned->removed_images, std::vector<std::string>{first->id});
+    EXPECT_FALSE(fs::exists(first->root_path));
+    EXPECT_TRUE(fs::exists(second->root_path));
+    EXPECT_GT(pruned->reclaimed_bytes, 0u);
+}
+
+TEST(ImageSpecTest, TellsOciReferencesFromBuiltinsAndPaths) {
+    EXPECT_FALSE(is_oci_image_spec(""));
+    EXPECT_FALSE(is_oci_image_spec("base"));
+    EXPECT_FALSE(is_oci_image_spec("debian"));
+    EXPECT_FALSE(is_oci_image_spec("/srv/root.ext4"));
+    EXPECT_FALSE(is_oci_image_spec("./rootfs"));
+    EXPECT_TRUE(is_oci_image_spec("debian:12"));
+    EXPECT_TRUE(is_oci_image_spec("python:3.12"));
+    EXPECT_TRUE(is_oci_image_spec("127.0.0.1:5000/team/app:v1"));
+    EXPECT_TRUE(is_oci_image_spec("alpine"));
+    EXPECT_TRUE(parse_pull_policy("missing"));
+    EXPECT_FALSE(parse_pull_policy("sometimes"));
+}
+
+}  // namespace
+}  // namespace sandlot::host
