@@ -7,6 +7,22 @@
 
 #include "host/cli/commands.h"
 
+namespace sandlot::cli {
+
+namespace {
+std::vector<std::string> g_command_line;
+}
+
+const std::vector<std::string>& command_line() {
+    return g_command_line;
+}
+
+void set_command_line(int argc, char** argv) {
+    g_command_line.assign(argv + 1, argv + argc);
+}
+
+}  // namespace sandlot::cli
+
 int main(int argc, char** argv) {
     signal(SIGPIPE, SIG_IGN);
     CLI::App app{"sandlot: hardware-isolated microVM sandboxes"};
@@ -23,6 +39,9 @@ int main(int argc, char** argv) {
         commands.emplace(name, std::move(run));
     for (auto& [name, run] : sandlot::cli::add_observe_commands(app))
         commands.emplace(name, std::move(run));
+    for (auto& [name, run] : sandlot::cli::add_image_commands(app))
+        commands.emplace(name, std::move(run));
+    sandlot::cli::set_command_line(argc, argv);
 
     try {
         app.parse(argc, argv);

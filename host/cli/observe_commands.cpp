@@ -116,17 +116,6 @@ struct MetricsArgs {
     bool json_output = false;
 };
 
-std::string human_bytes(uint64_t bytes) {
-    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double value = static_cast<double>(bytes);
-    int unit = 0;
-    while (value >= 1024 && unit < 4) {
-        value /= 1024;
-        ++unit;
-    }
-    return unit == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", value, units[unit]);
-}
-
 void print_metrics(const std::vector<host::SandboxMetrics>& all, bool json_output, bool header) {
     if (json_output) {
         for (const auto& m : all)

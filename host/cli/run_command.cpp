@@ -10,9 +10,11 @@
 // 126 when it could not be executed, 125 for other spawn failures and for sandlot's own failures (options,
 // boot, VM, connection), which print one line "sandlot: error: ...".
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <memory>
@@ -36,7 +38,58 @@ struct RunArgs {
     bool remove = false;
     bool replace = false;
     double replace_timeout_s = 10;
+    std::string entrypoint;
+    bool entrypoint_given = false;
 };
+
+// `sandlot run IMAGE -- CMD...`: CLI11 hands every positional over as the command, and once one came before
+// the first `--` it keeps that `--` among them; the words before it name the image. Without a `--`, a first
+// word that can only be an image reference ("python:3.12", "team/app", "app@sha256:...") is the image too,
+// as in `docker run python:3.12 python -V`.
+Result<void> split_image_from_command(RunArgs& args, const std::vector<std::string>& command_line) {
+    auto& command = args.process.command;
+    std::string& image = args.sandbox.storage.image;
+    auto dashes = std::find(command_line.begin(), command_line.end(), "--");
+    if (dashes != command_line.end()) {
+        auto after = static_cast<size_t>(command_line.end() - dashes - 1);
+        if (command.size() <= after) return {};  // `--` came first: all of it is the command
+        size_t before = command.size() - after - 1;
+        if (command[before] != "--")
+            return make_error("cannot tell the image from the command: put -- before it");
+        if (before > 1 || !image.empty())
+            return make_error(
+                fmt::format("expected at most one IMAGE before --, got: {}",
+                            fmt::join(command.begin(), command.begin() + static_cast<long>(before), " ")));
+        image = command.front();
+        command.erase(command.begin(), command.begin() + 2);
+        return {};
+    }
+    if (!image.empty() || command.empty()) return {};
+    const std::string& first = command.front();
+    bool reference_like = !first.starts_with("/") && !first.starts_with(".") &&
+                          (first.find(':') != std::string::npos || first.find('@') != std::string::npos ||
+                           first.find('/') != std::string::npos);
+    if (reference_like && host::is_oci_image_spec(first)) {
+        image = first;
+        command.erase(command.begin());
+    }
+    return {};
+}
+
+// Docker's rule: the command is the entrypoint (the image's, or --entrypoint's) followed by the arguments
+// given, or by the image's Cmd when none are given (--entrypoint drops the image's Cmd).
+Result<std::vector<std::string>> image_command(const RunArgs& args, const host::ImageRunConfig& image) {
+    std::vector<std::string> entrypoint = image.entrypoint;
+    std::vector<std::string> rest = args.process.command;
+    if (args.entrypoint_given) {
+        entrypoint.clear();
+        if (!args.entrypoint.empty()) entrypoint.push_back(args.entrypoint);
+    }
+    if (rest.empty() && !args.entrypoint_given) rest = image.cmd;
+    entrypoint.insert(entrypoint.end(), rest.begin(), rest.end());
+    if (entrypoint.empty()) return make_error("the image has no Entrypoint or Cmd: give a command after --");
+    return entrypoint;
+}
 
 // Until the command runs, a SIGINT/SIGTERM/SIGHUP/SIGQUIT is remembered rather than killing us in the middle
 // of starting the sandbox; attach() forwards them to the command while it runs.
@@ -112,15 +165,24 @@ int run_in_sandbox(host::SandboxHome& home, const std::string& name, const host:
 
 namespace {
 
-int run(const RunArgs& args) {
+int run(RunArgs args, const std::vector<std::string>& command_line) {
+    if (auto split = split_image_from_command(args, command_line); !split) return fail(split.error());
+    std::optional<host::ImageRunConfig> image;  // set when the root is an OCI image
+    auto config = to_config(args.sandbox, &image);
+    if (!config) return fail(config.error());
+    if (image && (!args.process.command.empty() || !args.detach)) {
+        auto command = image_command(args, *image);
+        if (!command) return fail(command.error());
+        args.process.command = std::move(*command);
+    } else if (args.entrypoint_given) {
+        return fail("--entrypoint applies to OCI images (--image REF)");
+    }
     std::optional<host::ExecRequest> request;
     if (!args.process.command.empty() || !args.detach) {
         auto made = make_request(args.process);
         if (!made) return fail(made.error().message);
         request = std::move(*made);
     }
-    auto config = to_config(args.sandbox);
-    if (!config) return fail(config.error());
     auto labels = to_labels(args.sandbox.labels);
     if (!labels) return fail(labels.error());
     config->ephemeral = args.remove || args.name.empty();
@@ -184,8 +246,14 @@ CommandRunner add_run_command(CLI::App& app) {
         ->capture_default_str();
     add_sandbox_options(*cmd, args->sandbox);
     add_process_options(*cmd, args->process);
-    cmd->add_option("command", args->process.command, "The command and its arguments");
-    return [args] { return run(*args); };
+    auto* entrypoint =
+        cmd->add_option("--entrypoint", args->entrypoint,
+                        "Replace an OCI image's entrypoint (\"\" for none; the image's Cmd is dropped)");
+    cmd->add_option("command", args->process.command, "[IMAGE --] The command and its arguments");
+    return [args, entrypoint] {
+        args->entrypoint_given = entrypoint->count() > 0;
+        return run(*args, command_line());
+    };
 }
 
 }  // namespace sandlot::cli

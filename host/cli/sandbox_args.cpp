@@ -55,6 +55,10 @@ void add_sandbox_options(CLI::App& cmd, SandboxArgs& box) {
     cmd.add_option("--idle-timeout", box.idle_timeout,
                    "Stop the sandbox after this long without exec activity (a running command is activity)");
     add_storage_options(cmd, box.storage);
+    cmd.add_option("--pull", box.pull, "When to pull an OCI --image: always, missing, never")
+        ->capture_default_str();
+    cmd.add_flag("--insecure-registry", box.insecure_registry,
+                 "Pull the OCI --image over plain HTTP (a local registry on localhost)");
 }
 
 void add_process_options(CLI::App& cmd, ProcessArgs& proc) {
@@ -114,6 +118,17 @@ Result<host::ExecRequest> make_request(const ProcessArgs& args) {
     return request;
 }
 
+std::string human_bytes(uint64_t bytes) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double value = static_cast<double>(bytes);
+    int unit = 0;
+    while (value >= 1024 && unit < 4) {
+        value /= 1024;
+        ++unit;
+    }
+    return unit == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", value, units[unit]);
+}
+
 Result<host::Labels> to_labels(const std::vector<std::string>& labels) {
     host::Labels result;
     for (const auto& text : labels) {
@@ -141,7 +156,40 @@ Result<std::chrono::milliseconds> optional_duration(const std::string& text, con
 
 }  // namespace
 
-Result<host::SandboxConfig> to_config(const SandboxArgs& args) {
+namespace {
+
+// Pulls (per the policy) the OCI image the root names, and puts its root and run defaults in the config.
+Result<void> use_oci_image(const SandboxArgs& args, host::SandboxConfig& config,
+                           std::optional<host::ImageRunConfig>* image) {
+    host::PullOptions options;
+    options.policy = TRY(host::parse_pull_policy(args.pull));
+    options.insecure = args.insecure_registry;
+    if (isatty(STDERR_FILENO)) {
+        options.status = [](const std::string& text) { fmt::print(stderr, "{}\n", text); };
+        options.progress = [](const host::PullProgress& p) {
+            if (p.state == host::PullProgress::State::Done)
+                fmt::print(stderr, "pulled layer {}/{} {} ({})\n", p.layer + 1, p.layers,
+                           p.digest.substr(7, 12), human_bytes(p.total));
+        };
+    }
+    host::ImageStore store;
+    auto pulled = store.pull(config.storage.root.image, options);
+    if (!pulled) return std::unexpected(pulled.error());
+    auto& storage = config.storage;
+    storage.root.image = pulled->root_path;
+    // The image's settings are defaults under the ones given here (later env entries win by key).
+    std::vector<std::string> env = pulled->config.env;
+    env.insert(env.end(), storage.env.begin(), storage.env.end());
+    storage.env = std::move(env);
+    if (storage.workdir.empty()) storage.workdir = pulled->config.workdir;
+    if (storage.user.empty()) storage.user = pulled->config.user;
+    if (image) *image = pulled->config;
+    return {};
+}
+
+}  // namespace
+
+Result<host::SandboxConfig> to_config(const SandboxArgs& args, std::optional<host::ImageRunConfig>* image) {
     if (!(args.boot_timeout_s > 0)) return make_error("--boot-timeout must be more than 0 seconds");
     if (args.cpus == 0) return make_error("--cpus must be at least 1");
     if (args.memory_mib == 0) return make_error("--memory must be at least 1 MiB");
@@ -154,8 +202,11 @@ Result<host::SandboxConfig> to_config(const SandboxArgs& args) {
     config.storage = TRY(to_storage_options(args.storage));
     // The sandbox is booted later, by another process, maybe from another directory.
     auto& root = config.storage.root;
-    if (root.image.find('/') != std::string::npos || root.image.starts_with("."))
+    if (host::is_oci_image_spec(root.image)) {
+        TRY(use_oci_image(args, config, image));
+    } else if (root.image.find('/') != std::string::npos || root.image.starts_with(".")) {
         root.image = absolute(root.image);
+    }
     root.upper_path = absolute(root.upper_path);
     for (auto& volume : config.storage.volumes)
         if (volume.kind == host::Volume::Kind::Bind || volume.kind == host::Volume::Kind::Disk)

@@ -4,11 +4,13 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "host/cli/storage_args.h"
 #include "host/lib/exec.h"
+#include "host/lib/image_store.h"
 #include "host/lib/lifecycle.h"
 #include "host/lib/sandbox_config.h"
 #include "host/lib/state_db.h"
@@ -31,6 +33,8 @@ struct SandboxArgs {
     std::vector<std::string> labels;  // k=v
     std::string max_duration;         // "" = none
     std::string idle_timeout;
+    std::string pull = "missing";    // an OCI image's pull policy: always, missing, never
+    bool insecure_registry = false;  // pull it over plain HTTP
 };
 
 struct ProcessArgs {
@@ -48,8 +52,11 @@ void add_sandbox_options(CLI::App& cmd, SandboxArgs& args);
 void add_process_options(CLI::App& cmd, ProcessArgs& args);
 
 // The sandbox's configuration; host paths become absolute. Defaults for every command (-e/-w/-u given
-// to `create`) go into its storage defaults.
-Result<host::SandboxConfig> to_config(const SandboxArgs& args);
+// to `create`) go into its storage defaults. An OCI image (--image REF) is pulled per --pull, its prepared
+// root becomes the sandbox's root and its Env/WorkingDir/User the defaults under those given here; its
+// Entrypoint and Cmd go to `image` when given.
+Result<host::SandboxConfig> to_config(const SandboxArgs& args,
+                                      std::optional<host::ImageRunConfig>* image = nullptr);
 Result<host::Labels> to_labels(const std::vector<std::string>& labels);
 // The exec request for `args.command`, with the terminal's size and TERM for -t.
 Result<host::ExecRequest> make_request(const ProcessArgs& args);
@@ -57,6 +64,9 @@ Result<host::ExecRequest> make_request(const ProcessArgs& args);
 Result<std::vector<std::string>> resolve_env(const std::vector<std::string>& entries);
 
 std::chrono::milliseconds to_ms(double seconds);
+
+// "512 B", "1.5 MiB".
+std::string human_bytes(uint64_t bytes);
 
 // Runs `request` in the running sandbox NAME with this terminal attached (run_command.cpp); returns sandlot's
 // exit status: the command's, or 125 after one error line.

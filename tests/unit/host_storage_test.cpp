@@ -325,7 +325,10 @@ TEST_F(HostStorage, CliStorageErrorsAreOneLineAndStatus125) {
         std::string needle;
     };
     std::vector<Case> cases = {
-        {{"--image", "windows"}, "unknown image \"windows\""},
+        {{"--image", "windows", "--pull", "never"},
+         "image docker.io/library/windows:latest is not in the store, and the pull policy is never"},
+        {{"--image", "windows:11", "--pull", "sometimes"}, "unknown pull policy \"sometimes\""},
+        {{"--image", "Bad/Name"}, "invalid image reference"},
         {{"--image", dir_ / "missing"}, "No such file or directory"},
         {{"--image", dir_ / "garbage.img"}, "no filesystem found"},
         {{"-v", (dir_ / "missing") + ":/data"}, "No such file or directory"},
