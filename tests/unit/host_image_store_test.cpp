@@ -11,6 +11,9 @@
 #include <fstream>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
+#include "host/lib/digest.h"
 #include "host/lib/image_store.h"
 #include "host/lib/paths.h"
 #include "host/lib/registry_config.h"
@@ -162,6 +165,77 @@ TEST_F(ImageStoreTest, PullsByTagAndDigestAndPreparesTheRoot) {
     auto by_id = store.find(image->id.substr(7, 12));
     ASSERT_TRUE(by_id && *by_id);
     EXPECT_EQ((*by_id)->id, image->id);
+}
+
+std::string read_text(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST_F(ImageStoreTest, PullsDockerSchema2ManifestsAndPicksLinuxAmd64FromAnIndex) {
+    auto registry = start_registry();
+    ASSERT_TRUE(registry);
+    std::string v = layouts_ / "v", w = layouts_ / "w";
+    ASSERT_TRUE(build_app_layout(v, "v"));
+    ASSERT_TRUE(build_app_layout(w, "w"));
+    auto copy = [&](const std::string& source, const std::string& dest, std::vector<std::string> extra) {
+        std::vector<std::string> argv = {"skopeo", "copy", "--quiet", "--insecure-policy",
+                                         "--dest-tls-verify=false"};
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        argv.push_back(source);
+        argv.push_back("docker://" + registry->host() + "/" + dest);
+        return testing::run_command(argv);
+    };
+    auto v2s2 = copy("oci:" + v + ":v", "team/schema2:v1", {"--format", "v2s2"});
+    ASSERT_EQ(v2s2.status, 0) << v2s2.output;
+    ImageStore store(home_.path());
+    auto schema2 = store.pull(registry->host() + "/team/schema2:v1", insecure());
+    ASSERT_TRUE(schema2) << schema2.error().to_string();
+    EXPECT_EQ(schema2->layers.front().media_type, "application/vnd.docker.image.rootfs.diff.tar.gzip");
+    EXPECT_EQ(root_cat(schema2->root_path, "/data/kept"), "kept, v\n");
+
+    // An image index listing w's manifest for linux/arm64 first and v's for linux/amd64.
+    auto manifest_of = [](const std::string& layout) {
+        auto index = nlohmann::json::parse(read_text(layout + "/index.json"));
+        return index["manifests"][0];
+    };
+    nlohmann::json arm = manifest_of(w), amd = manifest_of(v);
+    arm.erase("annotations");
+    amd.erase("annotations");
+    arm["platform"] = {{"os", "linux"}, {"architecture", "arm64"}};
+    amd["platform"] = {{"os", "linux"}, {"architecture", "amd64"}};
+    for (const auto& entry : fs::directory_iterator(w + "/blobs/sha256"))
+        fs::copy_file(entry.path(), v + "/blobs/sha256/" + entry.path().filename().string(),
+                      fs::copy_options::skip_existing);
+    std::string index = nlohmann::json{
+        {"schemaVersion", 2},
+        {"mediaType", "application/vnd.oci.image.index.v1+json"},
+        {"manifests",
+         {arm, amd}}}.dump();
+    std::string index_digest = sha256_digest(index);
+    write_text(v + "/blobs/sha256/" + index_digest.substr(7), index);
+    write_text(v + "/index.json",
+               nlohmann::json{{"schemaVersion", 2},
+                              {"manifests",
+                               {{{"mediaType", "application/vnd.oci.image.index.v1+json"},
+                                 {"digest", index_digest},
+                                 {"size", index.size()},
+                                 {"annotations", {{"org.opencontainers.image.ref.name", "multi"}}}}}}}
+                   .dump());
+    auto multi = copy("oci:" + v + ":multi", "team/multi:v1", {"--all"});
+    ASSERT_EQ(multi.status, 0) << multi.output;
+    auto picked = store.pull(registry->host() + "/team/multi:v1", insecure());
+    ASSERT_TRUE(picked) << picked.error().to_string();
+    // (skopeo may rewrite the manifests it copies, so the content tells which one was picked: v's, not w's.)
+    EXPECT_EQ(root_cat(picked->root_path, "/data/kept"), "kept, v\n");
+
+    // The same layout as a tar imports too, the index resolved the same way.
+    std::string tar = layouts_ / "multi.tar";
+    auto packed = testing::run_command({"tar", "-C", v, "-cf", tar, "."});
+    ASSERT_EQ(packed.status, 0) << packed.output;
+    auto imported = store.import(tar, "local/multi:v1");
+    ASSERT_TRUE(imported) << imported.error().to_string();
+    EXPECT_EQ(imported->front().id, picked->id);
 }
 
 TEST_F(ImageStoreTest, TamperedBlobIsRejectedAndNothingEntersTheStore) {
@@ -374,6 +448,62 @@ TEST_F(ImageStoreTest, PruneRemovesAnImageWhoseTagMovedOn) {
     EXPECT_FALSE(fs::exists(first->root_path));
     EXPECT_TRUE(fs::exists(second->root_path));
     EXPECT_GT(pruned->reclaimed_bytes, 0u);
+}
+
+// The CLI over the same store: pull with login, images, inspect, rmi, prune; one-line errors with status 125.
+TEST_F(ImageStoreTest, CliPullLoginListInspectRemove) {
+    auto registry = start_registry({.tls = true, .username = "bob", .password = "pw"});
+    ASSERT_TRUE(registry);
+    push(*registry, "team/app:v1");
+    auto sandlot = [&](std::vector<std::string> args, const std::string& input = "") {
+        args.insert(args.begin(),
+                    {"env", "SANDLOT_HOME=" + home_.path(), std::string(SANDLOT_BIN_DIR) + "/sandlot"});
+        return testing::run_command(args, input);
+    };
+    std::string ref = registry->host() + "/team/app:v1";
+    auto denied = sandlot({"pull", "--ca-file", registry->ca_file(), ref});
+    EXPECT_EQ(denied.status, 125);
+    EXPECT_NE(denied.output.find("sandlot registry login"), std::string::npos) << denied.output;
+    auto bad_login = sandlot({"registry", "login", registry->host(), "-u", "bob", "--password-stdin",
+                              "--ca-file", registry->ca_file()},
+                             "nope\n");
+    EXPECT_EQ(bad_login.status, 125);
+    EXPECT_NE(bad_login.output.find("authentication failed"), std::string::npos) << bad_login.output;
+    auto login = sandlot({"registry", "login", registry->host(), "-u", "bob", "--password-stdin", "--ca-file",
+                          registry->ca_file()},
+                         "pw\n");
+    ASSERT_EQ(login.status, 0) << login.output;
+    struct stat st;
+    ASSERT_EQ(stat((home_.path() + "/registry/auth.json").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+    auto pulled = sandlot({"pull", "-q", "--ca-file", registry->ca_file(), ref});
+    ASSERT_EQ(pulled.status, 0) << pulled.output;
+    EXPECT_TRUE(pulled.output.starts_with("sha256:")) << pulled.output;
+    auto images = sandlot({"images"});
+    EXPECT_EQ(images.status, 0);
+    EXPECT_NE(images.output.find(registry->host() + "/team/app"), std::string::npos) << images.output;
+    EXPECT_NE(images.output.find(pulled.output.substr(7, 12)), std::string::npos) << images.output;
+    auto inspect = sandlot({"image", "inspect", ref});
+    ASSERT_EQ(inspect.status, 0) << inspect.output;
+    auto json = nlohmann::json::parse(inspect.output, nullptr, false);
+    ASSERT_FALSE(json.is_discarded()) << inspect.output;
+    EXPECT_EQ(json[0]["config"]["Entrypoint"][0], "/bin/echo");
+    EXPECT_EQ(json[0]["layers"].size(), 3u);
+    auto missing = sandlot({"image", "inspect", "nothing/here:v9"});
+    EXPECT_EQ(missing.status, 125);
+    EXPECT_EQ(missing.output, "sandlot: error: no image nothing/here:v9\n");
+
+    auto rmi = sandlot({"rmi", ref});
+    EXPECT_EQ(rmi.status, 0) << rmi.output;
+    auto empty = sandlot({"images", "-q"});
+    EXPECT_EQ(empty.output, "");
+    auto prune = sandlot({"image", "prune"});
+    EXPECT_EQ(prune.status, 0) << prune.output;
+    auto logout = sandlot({"registry", "logout", registry->host()});
+    EXPECT_EQ(logout.status, 0) << logout.output;
+    auto again = sandlot({"registry", "logout", registry->host()});
+    EXPECT_EQ(again.status, 125);
 }
 
 TEST(ImageSpecTest, TellsOciReferencesFromBuiltinsAndPaths) {
