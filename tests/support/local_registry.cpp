@@ -135,9 +135,8 @@ void LocalRegistry::kill() {
 }
 
 Result<std::unique_ptr<LocalRegistry>> LocalRegistry::start(LocalRegistryOptions options) {
-    for (const char* tool : {"docker-registry", "skopeo", "umoci"}) {
-        if (!executable_on_path(tool)) return make_error(std::string(tool) + " is not installed");
-    }
+    // (push_layout and build_oci_layout need skopeo and umoci, and say so.)
+    if (!executable_on_path("docker-registry")) return make_error("docker-registry is not installed");
     if (!options.username.empty() && !executable_on_path("htpasswd"))
         return make_error("htpasswd is not installed");
     if (options.tls && !executable_on_path("openssl")) return make_error("openssl is not installed");
@@ -146,6 +145,11 @@ Result<std::unique_ptr<LocalRegistry>> LocalRegistry::start(LocalRegistryOptions
     const TempDir& dir = reg->dir_;
     if (dir.path().empty()) return make_error("cannot create a temporary directory");
     if (mkdir((dir / "storage").c_str(), 0700) < 0) return errno_error("mkdir storage");
+    if (!reg->options_.seed_storage.empty()) {
+        auto copied = testing::run_command({"cp", "-a", reg->options_.seed_storage + "/.", dir / "storage"});
+        if (copied.status != 0)
+            return make_error("copy " + reg->options_.seed_storage + ": " + copied.output);
+    }
     reg->port_ = TRY(pick_free_port());
 
     std::string config =

@@ -17,7 +17,10 @@ namespace sandlot::test {
 struct LocalRegistryOptions {
     bool tls = false;
     // Non-empty => htpasswd auth (bcrypt via `htpasswd -Bbn`). The registry requires tls for this.
-    std::string username, password;
+    std::string username{}, password{};
+    // A registry storage directory (docker/registry/v2/...) copied in before the start: a registry filled
+    // elsewhere (tools/build-oci-image --registry-storage), where skopeo is not at hand.
+    std::string seed_storage{};
 };
 
 class LocalRegistry {

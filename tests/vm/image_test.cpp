@@ -1,9 +1,11 @@
 // OCI images end to end in real microVMs: an image imported from a docker-archive (tools/build-oci-image
 // layered: busybox plus layers with a whiteout, an opaque directory, a hard link and symlinks) boots as the
-// root, with its Entrypoint, Cmd, Env, WorkingDir and User honoured as `docker run` does. Pulling itself is
-// tested against a real registry on the host (tests/unit/host_image_store_test.cpp): the rig's L1 has none.
+// root, with its Entrypoint, Cmd, Env, WorkingDir and User honoured as `docker run` does; and the same image
+// pulled from a real registry (Debian's docker-registry, here or in the rig's L1) and run. Pulling in all its
+// cases is tested on the host (tests/unit/host_image_store_test.cpp).
 //
-// tools/test stages the archive as guest/oci-layered.tar; SANDLOT_OCI_TEST_ARCHIVE overrides.
+// tools/test stages the archive as guest/oci-layered.tar (SANDLOT_OCI_TEST_ARCHIVE overrides) and a registry
+// storage holding the image as guest/oci-registry (tools/build-oci-image --registry-storage).
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "host/lib/paths.h"
+#include "tests/support/local_registry.h"
 #include "tests/vm/vm_test_support.h"
 
 namespace sandlot::vmtest {
@@ -67,27 +70,50 @@ TEST_F(ImageVm, EntrypointOverrideSeesTheImagesConfigAndLayers) {
     EXPECT_EQ(overridden.out, "mine\n/\n0\n");
 }
 
+TEST_F(ImageVm, PullsFromARegistryAndRunsTheImage) {
+    std::string storage = host::guest_dir() + "/oci-registry";
+    ASSERT_TRUE(std::filesystem::exists(storage)) << storage << " is missing (tools/test stages it)";
+    auto registry = test::LocalRegistry::start({.seed_storage = storage});
+    ASSERT_TRUE(registry) << registry.error().to_string();
+    std::string ref = (*registry)->host() + "/sandlot-test/layered:latest";
+    auto run = run_sandlot({"run", "--insecure-registry", ref, "--", "pulled"});
+    EXPECT_EQ(run.status, 0) << run.err;
+    EXPECT_EQ(run.out, "entry pulled\n");
+    auto listed = run_sandlot({"images", "-q"});
+    EXPECT_NE(listed.out.find(ref), std::string::npos) << listed.out;
+    // Now in the store: --pull never finds it, with the registry gone.
+    (*registry)->kill();
+    auto again = run_sandlot({"run", "--pull", "never", ref});
+    EXPECT_EQ(again.status, 0) << again.err;
+    EXPECT_EQ(again.out, "entry default-cmd\n");
+}
+
 TEST_F(ImageVm, RmiRefusesAnImageASandboxBootsFrom) {
-    auto imported = run_sandlot({"image", "import", "--name", "sandlot-test/rmi:v1", archive_path()});
+    // A home of its own, where the image has exactly the names given here.
+    SandlotRunOptions home{.env = {"SANDLOT_HOME=" + temp_dir()}};
+    auto sandlot = [&](const std::vector<std::string>& args) { return run_sandlot(args, home); };
+    auto imported = sandlot({"image", "import", archive_path()});
     ASSERT_EQ(imported.status, 0) << imported.err;
-    auto created = run_sandlot({"create", "imgbox", "--image", "sandlot-test/rmi:v1"});
+    auto named = sandlot({"image", "import", "--name", "sandlot-test/rmi:v1", archive_path()});
+    ASSERT_EQ(named.status, 0) << named.err;
+    auto created = sandlot({"create", "imgbox", "--image", "sandlot-test/rmi:v1"});
     ASSERT_EQ(created.status, 0) << created.err;
     // Another name for the same image may go; the last one may not while the sandbox exists.
-    auto untag = run_sandlot({"rmi", kImage});
+    auto untag = sandlot({"rmi", kImage});
     EXPECT_EQ(untag.status, 0) << untag.err;
-    auto refused = run_sandlot({"rmi", "sandlot-test/rmi:v1"});
+    auto refused = sandlot({"rmi", "sandlot-test/rmi:v1"});
     EXPECT_EQ(refused.status, 125);
     EXPECT_NE(refused.err.find("in use by sandbox \"imgbox\""), std::string::npos) << refused.err;
-    auto started = run_sandlot({"start", "imgbox"});
+    auto started = sandlot({"start", "imgbox"});
     EXPECT_EQ(started.status, 0) << started.err;
-    auto exec = run_sandlot({"exec", "imgbox", "--", "cat", "/data/kept"});
+    auto exec = sandlot({"exec", "imgbox", "--", "cat", "/data/kept"});
     EXPECT_EQ(exec.out, "kept\n") << exec.err;
-    auto removed = run_sandlot({"rm", "-f", "imgbox"});
+    auto removed = sandlot({"rm", "-f", "imgbox"});
     EXPECT_EQ(removed.status, 0) << removed.err;
-    auto rmi = run_sandlot({"rmi", "sandlot-test/rmi:v1"});
+    auto rmi = sandlot({"rmi", "sandlot-test/rmi:v1"});
     EXPECT_EQ(rmi.status, 0) << rmi.err;
-    auto list = run_sandlot({"images", "-q"});
-    EXPECT_EQ(list.out.find("sandlot-test/rmi"), std::string::npos) << list.out;
+    auto list = sandlot({"images", "-q"});
+    EXPECT_EQ(list.out, "");
 }
 
 }  // namespace
