@@ -3,7 +3,7 @@ BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
 
-.PHONY: all setup build build-asan images demo test test-unit test-vm bench-boot bench-exec bench-fs bench-storage bench-lifecycle fuzz asan \
+.PHONY: all setup build build-asan images demo test test-unit test-vm bench-boot bench-exec bench-fs bench-storage bench-lifecycle bench-pull fuzz asan \
 	format clean
 
 all: build
@@ -63,6 +63,11 @@ bench-storage: build
 # sandbox against the CLI's own start-up and native /bin/true (directly on hardware KVM, in the rig on PVM hosts).
 bench-lifecycle: build
 	@benchmarks/lifecycle/run $(BUILD)
+
+# Cold pull + prepare of the debian image from a local registry against skopeo copy of it, and warm start from
+# the prepared image against the built-in debian image: pull_s sandlot=<s> skopeo=<s> ratio=, warm_start_ms=.
+bench-pull: build
+	@benchmarks/pull/run $(BUILD)
 
 # The wire codec's libFuzzer target (clang-16, ASan + UBSan) for a longer run than the one in `make test`.
 FUZZ_TIME ?= 120

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -97,17 +98,29 @@ int pull(const PullArgs& args) {
     options.insecure = args.insecure;
     options.ca_file = args.ca_file;
     auto display = std::make_shared<PullDisplay>();
-    if (!args.quiet && isatty(STDERR_FILENO)) {
-        options.progress = [display](const host::PullProgress& p) { display->update(p); };
-        options.status = [](const std::string& text) { fmt::print(stderr, "{}\n", text); };
-    }
+    bool terminal = !args.quiet && isatty(STDERR_FILENO);
+    if (terminal) options.progress = [display](const host::PullProgress& p) { display->update(p); };
+    // The time the download took and the root's preparation, told apart by the store's first status.
+    using Clock = std::chrono::steady_clock;
+    auto started = Clock::now();
+    auto preparing = std::make_shared<std::optional<Clock::time_point>>();
+    options.status = [terminal, preparing](const std::string& text) {
+        if (text.starts_with("preparing") && !*preparing) *preparing = Clock::now();
+        if (terminal) fmt::print(stderr, "{}\n", text);
+    };
     host::ImageStore store;
     auto image = store.pull(args.reference, options);
     if (!image) return fail(image.error());
+    auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
     if (args.quiet) {
         fmt::print("{}\n", image->id);
+    } else if (*preparing) {
+        fmt::print("{} {} ({}, root {}) in {:.2f} s: download {:.2f} s, prepare {:.2f} s\n", image->name,
+                   image->id, image->manifest_digest, human_bytes(image->root_bytes),
+                   seconds(Clock::now() - started), seconds(**preparing - started),
+                   seconds(Clock::now() - **preparing));
     } else {
-        fmt::print("{} {} ({}, root {})\n", image->name, image->id, image->manifest_digest,
+        fmt::print("{} {} ({}, root {}, already prepared)\n", image->name, image->id, image->manifest_digest,
                    human_bytes(image->root_bytes));
     }
     return 0;
