@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -34,6 +35,8 @@ constexpr size_t kChunk = 128 * 1024;
 // bookkeeping grow without bound.
 constexpr size_t kMaxTracked = size_t{1} << 22;
 constexpr size_t kMaxTrackedBytes = size_t{256} << 20;
+constexpr uint64_t kSpaceCheckBytes = uint64_t{64} << 20;
+constexpr uint64_t kDefaultFreeReserve = uint64_t{256} << 20;
 constexpr std::string_view kWhiteoutPrefix = ".wh.";
 constexpr std::string_view kOpaqueMarker = ".wh..wh..opq";
 
@@ -434,7 +437,30 @@ Result<void> remove_entry(int parent, const std::string& name) {
 
 class Applier {
   public:
-    Applier(int root_fd, archive* a) : root_(root_fd), a_(a) {}
+    Applier(int root_fd, archive* a, std::optional<uint64_t> min_free_bytes)
+        : root_(root_fd), a_(a), min_free_bytes_(min_free_bytes) {}
+
+    // A layer may expand to far more than its compressed size (a gzip bomb within a verified digest): the
+    // file system holding the root is checked every kSpaceCheckBytes written, and the layer refused before it
+    // fills up.
+    Result<void> check_space() {
+        if (min_free_bytes_ == 0 || stats.bytes < next_space_check_) return {};
+        next_space_check_ = stats.bytes + kSpaceCheckBytes;
+        struct statvfs st;
+        if (::fstatvfs(root_, &st) != 0) return layer_errno("statvfs of the root");
+        uint64_t free_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+        // By default a small file system (a tmpfs) keeps a sixteenth of itself free rather than the reserve.
+        uint64_t keep = min_free_bytes_
+                            ? *min_free_bytes_
+                            : std::min<uint64_t>(kDefaultFreeReserve,
+                                                 static_cast<uint64_t>(st.f_blocks) * st.f_frsize / 16);
+        if (free_bytes < keep)
+            return layer_error("the file system of the root is nearly full (" +
+                               std::to_string(free_bytes >> 20) + " MiB free, " + std::to_string(keep >> 20) +
+                               " MiB kept free) after " + std::to_string(stats.bytes >> 20) +
+                               " MiB of this layer");
+        return {};
+    }
 
     Result<void> apply(archive_entry* e) {
         const char* raw = archive_entry_pathname(e);
@@ -673,6 +699,7 @@ class Applier {
                 off += w;
             }
             stats.bytes += static_cast<uint64_t>(n);
+            TRY(check_space());
         }
         TRY(owner_and_mode(fd.get(), e));
         TRY(xattrs(fd.get(), e));
@@ -740,6 +767,8 @@ class Applier {
     std::string name_;  // the raw name of the entry being applied, for messages
     std::set<NameKey> created_;
     std::set<std::pair<dev_t, ino_t>> opaque_done_;
+    std::optional<uint64_t> min_free_bytes_;
+    uint64_t next_space_check_ = 0;  // the first check comes with the first bytes
     size_t tracked_ = 0;
     size_t tracked_bytes_ = 0;
     std::vector<DirTime> dir_times_;
@@ -750,7 +779,7 @@ struct ArchiveFree {
     void operator()(archive* a) const { archive_read_free(a); }
 };
 
-Result<LayerApplyStats> apply(RawSource source, const std::string& root) {
+Result<LayerApplyStats> apply(RawSource source, const std::string& root, const LayerApplyOptions& options) {
     UniqueFd root_fd(::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
     if (!root_fd) return layer_errno("open root " + quoted(root));
 
@@ -769,7 +798,7 @@ Result<LayerApplyStats> apply(RawSource source, const std::string& root) {
     if (archive_read_open(a.get(), stream.get(), nullptr, read_callback, nullptr) != ARCHIVE_OK)
         return std::unexpected(archive_failure("not a tar archive"));
 
-    Applier applier(root_fd.get(), a.get());
+    Applier applier(root_fd.get(), a.get(), options.min_free_bytes);
     bool first = true;
     for (;;) {
         archive_entry* entry = nullptr;
@@ -799,14 +828,16 @@ Result<LayerApplyStats> apply(RawSource source, const std::string& root) {
 
 }  // namespace
 
-Result<LayerApplyStats> apply_layer(const std::string& layer_path, const std::string& root) {
+Result<LayerApplyStats> apply_layer(const std::string& layer_path, const std::string& root,
+                                    const LayerApplyOptions& options) {
     UniqueFd fd(::open(layer_path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd) return layer_errno("open " + quoted(layer_path));
-    return apply(RawSource(fd.get()), root);
+    return apply(RawSource(fd.get()), root, options);
 }
 
-Result<LayerApplyStats> apply_layer_buffer(std::span<const std::byte> layer, const std::string& root) {
-    return apply(RawSource(layer), root);
+Result<LayerApplyStats> apply_layer_buffer(std::span<const std::byte> layer, const std::string& root,
+                                           const LayerApplyOptions& options) {
+    return apply(RawSource(layer), root, options);
 }
 
 }  // namespace sandlot::host

@@ -27,6 +27,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -42,9 +43,17 @@ struct LayerApplyStats {
 };
 
 // Applies one image layer onto `root`, an existing directory holding the layers below (already applied).
-Result<LayerApplyStats> apply_layer(const std::string& layer_path, const std::string& root);
+struct LayerApplyOptions {
+    // Refuse the layer once the file system holding the root has less than this free (0: never check). By
+    // default 256 MiB, or a sixteenth of the file system if that is less (a small tmpfs).
+    std::optional<uint64_t> min_free_bytes;
+};
+
+Result<LayerApplyStats> apply_layer(const std::string& layer_path, const std::string& root,
+                                    const LayerApplyOptions& options = {});
 
 // Same, from a memory buffer.
-Result<LayerApplyStats> apply_layer_buffer(std::span<const std::byte> layer, const std::string& root);
+Result<LayerApplyStats> apply_layer_buffer(std::span<const std::byte> layer, const std::string& root,
+                                           const LayerApplyOptions& options = {});
 
 }  // namespace sandlot::host

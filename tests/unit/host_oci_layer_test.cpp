@@ -558,6 +558,15 @@ TEST_F(LayerTest, ALayerEndingRightAfterItsLastEntrysDataIsWhole) {
     expect_error(apply(Bytes(tar.begin(), tar.begin() + 512 + 512 + 512 + 2)), "layer:");
 }
 
+TEST_F(LayerTest, RefusesToFillTheFileSystem) {
+    // As if the disk were nearly full: more free space demanded than any disk has.
+    Bytes tar = make_tar({file("a", std::string(100000, 'a'))});
+    auto r = apply_layer_buffer(tar, root_, {.min_free_bytes = uint64_t{1} << 62});
+    expect_error(r, "nearly full");
+    auto unchecked = apply_layer_buffer(tar, root_, {.min_free_bytes = 0});
+    ASSERT_TRUE(unchecked.has_value()) << unchecked.error().to_string();
+}
+
 TEST_F(LayerTest, CorruptStreams) {
     Bytes tar = make_tar(sample_entries());
     Bytes truncated(tar.begin(), tar.begin() + 1700);
