@@ -435,8 +435,12 @@ struct StoreLayout {
     std::string root(std::string_view id) const {
         return dir + "/roots/" + std::string(digest_hex(id)) + ".ext4";
     }
-    std::string lock(std::string_view digest) const {
-        return dir + "/locks/" + std::string(digest_hex(digest));
+    // One lock per blob and one per image, apart: a manifest may name its config as a layer too.
+    std::string blob_lock(std::string_view digest) const {
+        return dir + "/locks/blob-" + std::string(digest_hex(digest));
+    }
+    std::string image_lock(std::string_view id) const {
+        return dir + "/locks/image-" + std::string(digest_hex(id));
     }
     std::string tmp(std::string_view name) const { return dir + "/tmp/" + std::string(name); }
     std::string global_lock() const { return dir + "/lock"; }
@@ -548,15 +552,17 @@ Result<StoredImage> commit_image(const std::string& home, const StoreLayout& sto
     TRY(store.put_bytes(input.manifest_bytes, input.manifest_digest));
     TRY(store.put_bytes(input.config_bytes, image.id));
 
-    auto image_lock = TRY(FileLock::acquire(store.lock(image.id), LOCK_EX));
+    auto image_guard = TRY(FileLock::acquire(store.image_lock(image.id), LOCK_EX));
     if (store.has(store.root(image.id)) && store.has(store.meta(image.id))) {
         image = TRY(image_from_json(TRY(read_small_file(store.meta(image.id), kMaxConfigBytes))));
+        image.manifest_digest =
+            input.manifest_digest;  // this name's manifest, maybe another of the same image
         for (size_t i = 0; i < image.layers.size(); ++i)
             if (layer_present) layer_present(i, true);
     } else {
         TRY(parallel_for(image.layers.size(), kDownloadThreads, [&](size_t i) -> Result<void> {
             const auto& layer = image.layers[i];
-            auto blob_lock = TRY(FileLock::acquire(store.lock(layer.digest), LOCK_EX));
+            auto blob_guard = TRY(FileLock::acquire(store.blob_lock(layer.digest), LOCK_EX));
             std::string final_path = store.blob(layer.digest);
             if (store.has(final_path)) {
                 if (layer_present) layer_present(i, true);

@@ -7,7 +7,7 @@
 //   roots/HEX.ext4     its prepared root: every layer applied in order, made into an ext4 image (read-only)
 //   tmp/               downloads (kept across failures, so the next pull resumes) and roots being prepared
 //   lock               flock: pulls and imports hold it shared, rmi and prune exclusive
-//   locks/HEX          flock per blob or image: one download or preparation at a time, others wait for it
+//   locks/blob-HEX, locks/image-HEX   flocks: one download of a blob, one preparation of an image at a time
 // The database's images table names images: name = the reference ("127.0.0.1:5000/app:v1", canonical),
 // digest = the image id, reference = the manifest digest, path = the prepared root.
 //

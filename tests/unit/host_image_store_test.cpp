@@ -389,6 +389,41 @@ TEST_F(ImageStoreTest, ImportsDockerArchivesAndOciLayouts) {
     EXPECT_EQ(refused.error().to_string().find('\n'), std::string::npos);
 }
 
+// A hostile manifest naming its own config as a layer: an error (the config is no tar), not a deadlock
+// between the image's lock and the blob's.
+TEST_F(ImageStoreTest, AManifestNamingItsConfigAsALayerIsRefused) {
+    std::string layout = layouts_ / "app";
+    ASSERT_TRUE(build_app_layout(layout, "v"));
+    auto index = nlohmann::json::parse(read_text(layout + "/index.json"));
+    std::string blobs = layout + "/blobs/sha256/";
+    auto manifest = nlohmann::json::parse(
+        read_text(blobs + index["manifests"][0]["digest"].get<std::string>().substr(7)));
+    auto config =
+        nlohmann::json::parse(read_text(blobs + manifest["config"]["digest"].get<std::string>().substr(7)));
+    config["rootfs"]["diff_ids"].push_back(sha256_digest("anything"));
+    std::string config_text = config.dump();
+    std::string config_digest = sha256_digest(config_text);
+    write_text(blobs + config_digest.substr(7), config_text);
+    manifest["config"]["digest"] = config_digest;
+    manifest["config"]["size"] = config_text.size();
+    manifest["layers"].push_back({{"mediaType", "application/vnd.oci.image.layer.v1.tar"},
+                                  {"digest", config_digest},
+                                  {"size", config_text.size()}});
+    std::string manifest_text = manifest.dump();
+    std::string manifest_digest = sha256_digest(manifest_text);
+    write_text(blobs + manifest_digest.substr(7), manifest_text);
+    index["manifests"][0]["digest"] = manifest_digest;
+    index["manifests"][0]["size"] = manifest_text.size();
+    write_text(layout + "/index.json", index.dump());
+
+    ImageStore store(home_.path());
+    auto imported = store.import(layout, "evil/app:v1");
+    ASSERT_FALSE(imported);
+    EXPECT_NE(imported.error().to_string().find("not a tar archive"), std::string::npos)
+        << imported.error().to_string();
+    EXPECT_EQ(count_files(store.dir() + "/roots"), 0u);
+}
+
 TEST_F(ImageStoreTest, RmiRefusesAnImageInUseAndPruneCollects) {
     std::string layout = layouts_ / "app";
     ASSERT_TRUE(build_app_layout(layout, "v"));
