@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "host/cli/commands.h"
+#include "host/cli/pull_display.h"
 #include "host/cli/sandbox_args.h"
 #include "host/lib/image_store.h"
 #include "host/lib/oci_reference.h"
@@ -24,57 +25,6 @@
 namespace sandlot::cli {
 
 namespace {
-
-// Per-layer progress lines on a terminal, redrawn in place at most ten times a second.
-class PullDisplay {
-  public:
-    void update(const host::PullProgress& p) {
-        if (lines_.size() < p.layers) lines_.resize(p.layers);
-        auto& line = lines_[p.layer];
-        line = p;
-        auto now = std::chrono::steady_clock::now();
-        bool state_changed = line.state != host::PullProgress::State::Downloading;
-        if (!state_changed && now - last_draw_ < std::chrono::milliseconds(100)) return;
-        last_draw_ = now;
-        draw();
-    }
-    void draw() {
-        std::string out;
-        if (drawn_) out += fmt::format("\x1b[{}A", drawn_);
-        for (const auto& l : lines_) {
-            out += "\x1b[2K" + l.digest.substr(7, 12) + ": ";
-            switch (l.state) {
-                case host::PullProgress::State::Waiting:
-                    out += "waiting";
-                    break;
-                case host::PullProgress::State::Present:
-                    out += "already present";
-                    break;
-                case host::PullProgress::State::Done:
-                    out += "done " + human_bytes(l.total);
-                    break;
-                case host::PullProgress::State::Downloading: {
-                    constexpr int kWidth = 30;
-                    int filled = l.total
-                                     ? static_cast<int>(
-                                           kWidth * std::min<double>(1.0, double(l.done) / double(l.total)))
-                                     : 0;
-                    out += "[" + std::string(filled, '=') + std::string(kWidth - filled, ' ') + "] " +
-                           human_bytes(l.done) + " / " + human_bytes(l.total);
-                    break;
-                }
-            }
-            out += "\n";
-        }
-        drawn_ = lines_.size();
-        fmt::print(stderr, "{}", out);
-    }
-
-  private:
-    std::vector<host::PullProgress> lines_;
-    size_t drawn_ = 0;
-    std::chrono::steady_clock::time_point last_draw_{};
-};
 
 struct PullArgs {
     std::string reference;

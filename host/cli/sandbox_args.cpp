@@ -6,8 +6,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <tuple>
 
+#include "host/cli/pull_display.h"
 #include "host/lib/attach.h"
 #include "host/lib/names.h"
 #include "host/lib/sandbox_log.h"
@@ -166,11 +168,8 @@ Result<void> use_oci_image(const SandboxArgs& args, host::SandboxConfig& config,
     options.insecure = args.insecure_registry;
     if (isatty(STDERR_FILENO)) {
         options.status = [](const std::string& text) { fmt::print(stderr, "{}\n", text); };
-        options.progress = [](const host::PullProgress& p) {
-            if (p.state == host::PullProgress::State::Done)
-                fmt::print(stderr, "pulled layer {}/{} {} ({})\n", p.layer + 1, p.layers,
-                           p.digest.substr(7, 12), human_bytes(p.total));
-        };
+        auto display = std::make_shared<PullDisplay>();
+        options.progress = [display](const host::PullProgress& p) { display->update(p); };
     }
     host::ImageStore store;
     auto pulled = store.pull(config.storage.root.image, options);
