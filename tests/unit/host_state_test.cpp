@@ -1,5 +1,6 @@
 // The state database and the name/label rules: validation, CRUD with label and status filters, and
 // read-modify-write that stays exact with many processes at once.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -205,6 +206,26 @@ TEST_F(HostStateDb, OneOfManyProcessesGetsAName) {
     EXPECT_EQ(lost, 7);
 }
 
+// A child that stays alive (not yet a zombie, which reads as exited) until release_and_reap(): blocked
+// reading a pipe whose write end only the parent holds.
+int g_hold_pipe[2] = {-1, -1};
+pid_t fork_held() {
+    if (pipe2(g_hold_pipe, O_CLOEXEC) != 0) return -1;
+    pid_t child = fork();
+    if (child == 0) {
+        close(g_hold_pipe[1]);
+        char c;
+        (void)!read(g_hold_pipe[0], &c, 1);
+        _exit(0);
+    }
+    close(g_hold_pipe[0]);
+    return child;
+}
+void release_and_reap(pid_t child) {
+    close(g_hold_pipe[1]);
+    waitpid(child, nullptr, 0);
+}
+
 TEST(HostProcessIdentity, PidReuseIsNotMistakenForTheProcess) {
     auto self = identify_process(getpid());
     ASSERT_TRUE(self);
@@ -212,10 +233,10 @@ TEST(HostProcessIdentity, PidReuseIsNotMistakenForTheProcess) {
     ProcessIdentity other_start = *self;
     other_start.start_time += 1;
     EXPECT_FALSE(process_alive(other_start));
-    pid_t child = fork();
-    if (child == 0) _exit(0);
+    pid_t child = fork_held();
+    ASSERT_GT(child, 0);
     auto identity = identify_process(child);
-    waitpid(child, nullptr, 0);
+    release_and_reap(child);
     ASSERT_TRUE(identity);
     EXPECT_FALSE(process_alive(*identity));
     EXPECT_FALSE(process_alive({}));
@@ -231,10 +252,10 @@ TEST(HostLifecycle, RunningRecordWithoutItsSupervisorReadsAsCrashed) {
     ASSERT_TRUE(home) << home.error().to_string();
     auto record = home->create("ghost", SandboxConfig{}, {{"team", "x"}});
     ASSERT_TRUE(record) << record.error().to_string();
-    pid_t child = fork();
-    if (child == 0) _exit(0);
+    pid_t child = fork_held();
+    ASSERT_GT(child, 0);
     auto gone = identify_process(child);
-    waitpid(child, nullptr, 0);
+    release_and_reap(child);
     auto db = StateDb::open(dir / "home/sandlot.db");
     ASSERT_TRUE(db);
     ASSERT_TRUE(db->update_sandbox(record->id, [&](SandboxRecord& r) -> Result<void> {
