@@ -118,6 +118,13 @@ void Connection::flush() {
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            // The guest kernel could not allocate a vsock packet (its memory is full of page cache during a
+            // big transfer): transient, not the peer's fault. Back off a moment and retry when writable
+            // again.
+            if (errno == ENOMEM || errno == ENOBUFS) {
+                usleep(1000);
+                break;
+            }
             log_line(name_ + ": write failed: " + std::strerror(errno));
             dead_ = true;
             return;

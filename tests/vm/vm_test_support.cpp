@@ -34,6 +34,8 @@ host::SandboxOptions default_options() {
     host::SandboxOptions options;
     options.memory_mib = 256;
     options.ready_timeout = std::chrono::seconds(120);  // generous: nested virtualization under emulation
+    // SANDLOT_TEST_CONSOLE=FILE keeps the guest console (agentd logs there) past the runtime directory.
+    if (const char* c = std::getenv("SANDLOT_TEST_CONSOLE")) options.console = std::string("file:") + c;
     return options;
 }
 
