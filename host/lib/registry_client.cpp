@@ -2,7 +2,6 @@
 
 #include <curl/curl.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +17,7 @@
 #include <vector>
 
 #include "host/lib/digest.h"
+#include "host/lib/registry_config.h"
 #include "proto/base/unique_fd.h"
 
 namespace sandlot::host {
@@ -68,14 +68,6 @@ std::string_view trim(std::string_view s) {
     while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back())))
         s.remove_suffix(1);
     return s;
-}
-
-std::string base64(std::string_view in) {
-    std::string out(4 * ((in.size() + 2) / 3) + 1, '\0');
-    int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                            reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
-    out.resize(n > 0 ? static_cast<size_t>(n) : 0);
-    return out;
 }
 
 // "scheme://host:port" with the default port filled in, or "" if the URL does not parse.
@@ -385,7 +377,7 @@ struct RegistryClient::Impl {
         Challenge challenge = parse_challenge(www_authenticate);
         std::string basic;
         if (settings.credentials) {
-            basic = "Basic " + base64(settings.credentials->username + ":" + settings.credentials->password);
+            basic = "Basic " + basic_credentials(*settings.credentials);
         }
         std::string value;
         if (challenge.scheme == "basic") {

@@ -17,14 +17,6 @@ namespace {
 
 constexpr size_t kMaxConfigBytes = 4 << 20;
 
-std::string base64_encode(std::string_view in) {
-    std::string out(4 * ((in.size() + 2) / 3) + 1, '\0');
-    int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                            reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
-    out.resize(n > 0 ? static_cast<size_t>(n) : 0);
-    return out;
-}
-
 std::optional<std::string> base64_decode(std::string_view in) {
     std::string clean;
     for (char c : in)
@@ -147,6 +139,15 @@ Result<std::optional<RegistryCredentials>> lookup(const nlohmann::json& config, 
 
 }  // namespace
 
+std::string basic_credentials(const RegistryCredentials& credentials) {
+    std::string in = credentials.username + ":" + credentials.password;
+    std::string out(4 * ((in.size() + 2) / 3) + 1, '\0');
+    int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                            reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
+    out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    return out;
+}
+
 Result<void> save_registry_credentials(const std::string& home, const std::string& registry,
                                        const RegistryCredentials& credentials) {
     if (registry.empty()) return make_error("save credentials: empty registry name");
@@ -158,7 +159,7 @@ Result<void> save_registry_credentials(const std::string& home, const std::strin
     std::string path = auth_file(home);
     auto config = TRY(read_config(path));
     if (!config.contains("auths") || !config["auths"].is_object()) config["auths"] = nlohmann::json::object();
-    config["auths"][registry] = {{"auth", base64_encode(credentials.username + ":" + credentials.password)}};
+    config["auths"][registry] = {{"auth", basic_credentials(credentials)}};
     return write_config_atomically(path, config);
 }
 

@@ -14,6 +14,9 @@
 
 namespace sandlot::host {
 
+// base64("user:password"): the "auth" of a config.json entry and the value of a Basic Authorization header.
+std::string basic_credentials(const RegistryCredentials& credentials);
+
 Result<void> save_registry_credentials(const std::string& home, const std::string& registry,
                                        const RegistryCredentials& credentials);
 
