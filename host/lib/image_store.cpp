@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "host/lib/atomic_file.h"
 #include "host/lib/digest.h"
 #include "host/lib/images.h"
 #include "host/lib/oci_layer.h"
@@ -72,29 +73,6 @@ class FileLock {
   private:
     UniqueFd fd_;
 };
-
-Result<void> write_file_atomically(const std::string& path, std::string_view content, mode_t mode) {
-    std::string temp = path + ".tmp-" + random_suffix();
-    UniqueFd fd(open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
-    if (!fd) return errno_error("create " + temp);
-    size_t done = 0;
-    while (done < content.size()) {
-        ssize_t n = write(fd.get(), content.data() + done, content.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            int saved = errno;
-            unlink(temp.c_str());
-            return make_error("write " + temp, saved);
-        }
-        done += static_cast<size_t>(n);
-    }
-    if (fsync(fd.get()) != 0 || rename(temp.c_str(), path.c_str()) != 0) {
-        int saved = errno;
-        unlink(temp.c_str());
-        return make_error("write " + path, saved);
-    }
-    return {};
-}
 
 // Opens `path` under the directory `dir_fd` without leaving it, symlinks included (an archive being
 // imported may hold links pointing anywhere).

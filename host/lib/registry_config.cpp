@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "host/lib/atomic_file.h"
 #include "proto/base/unique_fd.h"
 
 namespace sandlot::host {
@@ -73,29 +74,7 @@ Result<nlohmann::json> read_config(const std::string& path) {
 Result<void> write_config_atomically(const std::string& path, const nlohmann::json& json) {
     std::string dir = path.substr(0, path.rfind('/'));
     if (mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST) return errno_error("mkdir " + dir);
-    std::string tmp = dir + "/.auth.json.XXXXXX";
-    UniqueFd fd(mkstemp(tmp.data()));
-    if (!fd.valid()) return errno_error("create temporary file in " + dir);
-    auto fail = [&](const std::string& what) {
-        int saved = errno;
-        unlink(tmp.c_str());
-        return std::unexpected(Error{saved, what});
-    };
-    if (fchmod(fd.get(), 0600) < 0) return fail("chmod " + tmp);
-    std::string text = json.dump(1, '\t') + "\n";
-    size_t done = 0;
-    while (done < text.size()) {
-        ssize_t n = write(fd.get(), text.data() + done, text.size() - done);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return fail("write " + tmp);
-        }
-        done += static_cast<size_t>(n);
-    }
-    if (fsync(fd.get()) < 0) return fail("fsync " + tmp);
-    fd.reset();
-    if (rename(tmp.c_str(), path.c_str()) < 0) return fail("rename " + tmp + " to " + path);
-    return {};
+    return write_file_atomically(path, json.dump(1, '\t') + "\n", 0600);
 }
 
 std::vector<std::string> keys_for(const std::string& registry) {
