@@ -2,6 +2,8 @@
 BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
+# One line when a long step starts and ends (UTC), so a slow `make test` shows where its time went.
+stamp = @echo "== $(1) $$(date -u +%T)"
 
 .PHONY: all setup build build-asan images demo test test-unit test-vm bench-boot bench-exec bench-fs bench-storage bench-lifecycle bench-pull fuzz asan \
 	format clean
@@ -12,16 +14,21 @@ setup:
 	@tools/setup
 
 build: setup
+	$(call stamp,build $(BUILD) started)
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD)
+	$(call stamp,build $(BUILD) done)
 
 build-asan: setup
+	$(call stamp,build build-asan started)
 	@cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DSANDLOT_SANITIZE=ON >/dev/null
 	@cmake --build build-asan
+	$(call stamp,build build-asan done)
 
 # The built-in root images debian and python (debootstrap from the Debian mirror; cached, minutes the first time).
 images: build
 	@cmake --build $(BUILD) --target guest-images
+	$(call stamp,images ready)
 
 # Boots a sandbox with our VMM and talks to its agent over vsock (inside the nested rig on PVM hosts).
 demo: build
@@ -31,6 +38,7 @@ demo: build
 # normal build and for the AddressSanitizer + UndefinedBehaviorSanitizer build.
 test: build build-asan images
 	@tools/test $(BUILD) build-asan
+	$(call stamp,tests done)
 
 test-unit: build
 	@tools/test --unit-only $(BUILD)
