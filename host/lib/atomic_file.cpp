@@ -6,8 +6,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <span>
 
 #include "proto/base/unique_fd.h"
+#include "proto/frame.h"
 
 namespace sandlot::host {
 
@@ -17,21 +19,16 @@ Result<void> write_file_atomically(const std::string& path, std::string_view con
         (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + ".tmp-XXXXXX";
     UniqueFd fd(mkostemp(temp.data(), O_CLOEXEC));
     if (!fd) return errno_error("create a temporary file for " + path);
-    auto fail = [&](const std::string& what) -> Result<void> {
-        int saved = errno;
+    auto fail = [&](const std::string& what, int code) -> Result<void> {
         unlink(temp.c_str());
-        return make_error(what, saved);
+        return make_error(what, code);
     };
-    if (fchmod(fd.get(), mode) != 0) return fail("chmod " + temp);
-    size_t done = 0;
-    while (done < content.size()) {
-        ssize_t n = write(fd.get(), content.data() + done, content.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return fail("write " + temp);
-        done += static_cast<size_t>(n);
-    }
-    if (fsync(fd.get()) != 0) return fail("fsync " + temp);
-    if (rename(temp.c_str(), path.c_str()) != 0) return fail("rename " + temp + " to " + path);
+    if (fchmod(fd.get(), mode) != 0) return fail("chmod " + temp, errno);
+    std::span bytes(reinterpret_cast<const uint8_t*>(content.data()), content.size());
+    if (auto written = proto::write_all(fd.get(), bytes); !written)
+        return fail("write " + temp, written.error().code);
+    if (fsync(fd.get()) != 0) return fail("fsync " + temp, errno);
+    if (rename(temp.c_str(), path.c_str()) != 0) return fail("rename " + temp + " to " + path, errno);
     return {};
 }
 
