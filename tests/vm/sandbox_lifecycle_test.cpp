@@ -241,14 +241,20 @@ TEST_F(LifecycleVm, DrainLetsRunningCommandsFinishAndRefusesNewOnes) {
     ASSERT_EQ(sandlot({"run", "-d", "--name", "dr", "--memory", "128"}).status, 0);
     int pipefd[2];
     ASSERT_EQ(pipe(pipefd), 0);
+    // The running command finishes only when the test closes its stdin, so the drain is still waiting for it
+    // however slow the host is (a fixed sleep here once ended before the refused exec below was tried).
+    int release[2];
+    ASSERT_EQ(pipe2(release, O_CLOEXEC), 0);
     pid_t running = fork();
     if (running == 0) {
         setenv("SANDLOT_HOME", home_.c_str(), 1);
         dup2(pipefd[1], 1);
+        dup2(release[0], 0);
         close(pipefd[0]);
-        exec_sandlot({"exec", "dr", "--", "sh", "-c", "echo started; sleep 3; echo finished"});
+        exec_sandlot({"exec", "-i", "dr", "--", "sh", "-c", "echo started; cat >/dev/null; echo finished"});
     }
     close(pipefd[1]);
+    close(release[0]);
     std::string out;
     char buffer[256];
     // Once it runs, drain.
@@ -265,6 +271,9 @@ TEST_F(LifecycleVm, DrainLetsRunningCommandsFinishAndRefusesNewOnes) {
     auto refused = sandlot({"exec", "dr", "--", "true"});
     EXPECT_EQ(refused.status, 125);
     EXPECT_NE(refused.err.find("draining"), std::string::npos) << refused.err;
+    record = inspect("dr");
+    EXPECT_TRUE(is(record, "draining")) << record.dump();
+    close(release[1]);  // the running command's stdin ends: it finishes, and the drain with it
     for (ssize_t n; (n = read(pipefd[0], buffer, sizeof buffer)) > 0;)
         out.append(buffer, static_cast<size_t>(n));
     close(pipefd[0]);
